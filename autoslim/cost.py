@@ -1,0 +1,89 @@
+"""Exact cost of any channel config by arithmetic over the traced shapes.
+
+Convention (the AutoSlim paper's, stated in every table): "FLOPs" are the multiply-accumulates (MACs) of
+conv and linear layers; bias, BatchNorm, activations and pooling are not counted. This equals
+``torch.utils.flop_counter.FlopCounterMode`` total / 2 on the static model. Parameters are every
+parameter of the static model, BatchNorm affine parameters included (buffers are not parameters).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+from torch import nn
+
+from .trace import Trace
+
+__all__ = ["Cost", "CostModel", "count_parameters"]
+
+
+class Cost(NamedTuple):
+    macs: int
+    params: int
+
+
+class CostModel:
+    """MACs and parameters of a traced network as functions of its per-unit channel counts.
+
+    Built once from a :class:`~autoslim.trace.Trace`; each query is a loop of integer products over the
+    layer calls, with no tensor work.
+    """
+
+    def __init__(self, trace: Trace) -> None:
+        self._trace = trace
+        modules = trace.modules
+        # (kind, in unit, out unit, MACs per output position per channel pair)
+        self._calls = []
+        seen: set[str] = set()
+        self._layers = []  # one entry per module: (kind, in, out, per-channel params, bias)
+        counted = 0
+        for call in trace.calls:
+            module = modules[call.module]
+            if call.kind in ("conv", "dwconv"):
+                per = module.kernel_size[0] * module.kernel_size[1]
+                groups = module.groups if call.kind == "conv" else 1
+            elif call.kind == "linear":
+                per, groups = 1, 1
+            else:
+                per, groups = 0, 1
+            self._calls.append((call.kind, call.in_unit, call.out_unit, per, groups))
+            if call.module in seen:
+                continue
+            seen.add(call.module)
+            counted += sum(p.numel() for p in module.parameters(recurse=False))
+            if call.kind == "bn":
+                per_param = int(module.weight is not None) + int(module.bias is not None)
+                self._layers.append(("bn", call.in_unit, call.out_unit, per_param, 0, 1))
+            else:
+                self._layers.append((call.kind, call.in_unit, call.out_unit, per, int(module.bias is not None), groups))
+        self._fixed_params = count_parameters(modules[""]) - counted
+        self._spatial: dict[int, list[int]] = {trace.input_size: [c.out_spatial for c in trace.calls]}
+
+    def spatial(self, input_size: int) -> list[int]:
+        if input_size not in self._spatial:
+            self._spatial[input_size] = self._trace.spatial_sizes(input_size)
+        return self._spatial[input_size]
+
+    def __call__(self, counts: Sequence[int], input_size: int | None = None) -> Cost:
+        """Cost at per-unit ``counts`` (indexed like ``trace.units``) and ``input_size`` (default: traced)."""
+        spatial = self.spatial(self._trace.input_size if input_size is None else input_size)
+        macs = 0
+        for (kind, i, o, per, groups), hw in zip(self._calls, spatial):
+            if kind == "conv" or kind == "linear":
+                macs += counts[o] * (counts[i] // groups) * per * hw
+            elif kind == "dwconv":
+                macs += counts[o] * per * hw
+        params = self._fixed_params
+        for kind, i, o, per, bias, groups in self._layers:
+            if kind == "bn":
+                params += per * counts[o]
+            elif kind == "dwconv":
+                params += counts[o] * (per + bias)
+            else:
+                params += counts[o] * ((counts[i] // groups) * per + bias)
+        return Cost(macs, params)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters of ``model`` (shared ones once)."""
+    return sum(p.numel() for p in model.parameters())

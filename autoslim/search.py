@@ -1,0 +1,481 @@
+"""Greedy channel search over a trained slimmable supernet (AutoSlim section 3.3).
+
+Starting from the largest config, every step scores each unit shrunk by one choice, keeps the best
+candidate and records it. One pass yields the whole trajectory; every budget (target) then takes the
+first trajectory point that meets it. The trajectory is written one CSV row per step, flushed as it is
+made, so a killed search resumes from where it stopped and, with a deterministic evaluator, ends with
+the same trajectory as an uninterrupted run.
+
+This module is pure logic: the evaluator and the cost function are callables, so the search is tested
+with fake evaluators and no data, and the model code lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+from autoslim.budget import format_count, parse_budget
+
+__all__ = [
+    "CRITERIA",
+    "TARGET_KINDS",
+    "TRAJECTORY_COLUMNS",
+    "Cost",
+    "Evaluator",
+    "Score",
+    "Step",
+    "Target",
+    "append_step",
+    "check_targets",
+    "greedy_search",
+    "parse_targets",
+    "pareto_front",
+    "pick",
+    "read_trajectory",
+    "stop_limits",
+    "write_trajectory",
+]
+
+CRITERIA = ("accuracy", "drop-per-mac")
+TARGET_KINDS = ("flops", "params")
+TRAJECTORY_COLUMNS = ("step", "unit", "channels", "macs", "params", "accuracy", "loss", "score", "candidates", "seconds")
+
+
+@dataclass(frozen=True)
+class Score:
+    """What an evaluator returns for one config.
+
+    Attributes:
+        accuracy: top-1 accuracy on the search batch, in [0, 1].
+        loss: mean cross-entropy on the same batch (breaks accuracy ties).
+    """
+
+    accuracy: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """One point of the trajectory (one row of ``trajectory.csv``).
+
+    Two steps compare equal when everything but their wall time matches.
+
+    Attributes:
+        step: 0 for the start (largest) config, then 1, 2, ...
+        unit: the unit shrunk at this step (``None`` for step 0).
+        channels: its new count (``None`` for step 0).
+        macs: multiply-accumulates of the config after the step.
+        params: parameters of the config after the step.
+        accuracy: its accuracy.
+        loss: its loss.
+        score: the criterion value that chose it (the accuracy for ``accuracy``, the accuracy drop per
+            MAC saved for ``drop-per-mac``; 0 for step 0 under ``drop-per-mac``).
+        candidates: how many candidates were scored at this step.
+        seconds: wall time of this step.
+        config: the full config (unit name -> count) after the step.
+    """
+
+    step: int
+    unit: Optional[str]
+    channels: Optional[int]
+    macs: int
+    params: int
+    accuracy: float
+    loss: float
+    score: float
+    candidates: int
+    seconds: float = field(compare=False)
+    config: dict[str, int] = field(hash=False)
+
+
+Cost = Callable[[Mapping[str, int]], Tuple[int, int]]
+"""``cost(config) -> (macs, params)``."""
+
+Evaluator = Callable[[Mapping[str, int], Sequence[Tuple[Optional[str], Mapping[str, int]]]], Sequence[Score]]
+"""``evaluate(current, [(unit, candidate), ...]) -> [Score, ...]``, one score per candidate, same order.
+
+All candidates of a step come at once, each with the unit it changes, so that an evaluator can reuse
+the activations a candidate shares with the current network (everything upstream of that unit). For
+step 0 the search calls ``evaluate(start, [(None, start)])``.
+"""
+
+
+def greedy_search(
+    start: Mapping[str, int],
+    choices: Mapping[str, Sequence[int]],
+    cost: Cost,
+    evaluate: Evaluator,
+    *,
+    criterion: str = "accuracy",
+    stop_macs: Optional[int] = None,
+    stop_params: Optional[int] = None,
+    history: Sequence[Step] = (),
+) -> Iterator[Step]:
+    """Shrink the network one unit by one choice at a time, yielding every step as it is made.
+
+    At each step every unit whose count is above its smallest choice gives one candidate: that unit at
+    the next lower choice. Candidates that do not reduce the targeted cost are skipped: MACs, or
+    parameters when only ``stop_params`` is given (or when both are given and the MAC limit is already
+    met). The remaining candidates are scored together and the best is kept:
+
+    - ``accuracy``: highest accuracy, then lowest loss, then unit order (the order of ``start``);
+    - ``drop-per-mac``: smallest accuracy drop per MAC saved (candidates saving no MACs last), then
+      lowest loss, then unit order.
+
+    The search stops once the current config meets every limit given (``macs <= stop_macs`` and
+    ``params <= stop_params``), when no unit can shrink, or when no candidate reduces the targeted cost.
+    With no limit it runs to the smallest config.
+
+    Args:
+        start: the largest config, unit name -> count, in unit order.
+        choices: unit name -> its allowed counts. Units absent from it, or with a single choice, are
+            never changed.
+        cost: ``cost(config) -> (macs, params)``.
+        evaluate: the evaluator, see :data:`Evaluator`.
+        criterion: one of :data:`CRITERIA`.
+        stop_macs: stop once the MACs are at or under this.
+        stop_params: stop once the parameters are at or under this.
+        history: steps already made (e.g. from :func:`read_trajectory`); the search continues after the
+            last one without yielding them again or re-evaluating step 0.
+
+    Yields:
+        One :class:`Step` per step, starting with step 0 unless ``history`` is given.
+
+    Raises:
+        ValueError: on an unknown criterion, choices naming units missing from ``start``, a history that
+            does not begin at ``start``, or an evaluator returning the wrong number of scores.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown search criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
+    ladders = _ladders(start, choices)
+
+    if history:
+        _check_history(history, start)
+        last = history[-1]
+        current, macs, params, accuracy = dict(last.config), last.macs, last.params, last.accuracy
+        number = last.step
+    else:
+        began = time.perf_counter()
+        macs, params = cost(start)
+        (first,) = _scores(evaluate, start, [(None, dict(start))])
+        current, accuracy, number = dict(start), first.accuracy, 0
+        score = first.accuracy if criterion == "accuracy" else 0.0
+        yield Step(0, None, None, macs, params, first.accuracy, first.loss, score, 1,
+                   time.perf_counter() - began, dict(current))
+
+    while not _meets(macs, params, stop_macs, stop_params):
+        began = time.perf_counter()
+        # Every step must lower the cost still aimed at: MACs, unless only a parameter limit is left.
+        by_params = stop_params is not None and (stop_macs is None or macs <= stop_macs)
+        candidates, costs = [], []
+        for unit, ladder in ladders.items():
+            lower = [count for count in ladder if count < current[unit]]
+            if not lower:
+                continue
+            config = dict(current)
+            config[unit] = lower[-1]
+            candidate_cost = cost(config)
+            if (candidate_cost[1] < params) if by_params else (candidate_cost[0] < macs):
+                candidates.append((unit, config))
+                costs.append(candidate_cost)
+        if not candidates:
+            return
+        scores = _scores(evaluate, current, candidates)
+        if criterion == "accuracy":
+            values = [s.accuracy for s in scores]
+            keys = [(-s.accuracy, s.loss, i) for i, s in enumerate(scores)]
+        else:
+            values = [_drop_per_mac(accuracy, macs, s, c[0]) for s, c in zip(scores, costs)]
+            keys = [(v, s.loss, i) for i, (v, s) in enumerate(zip(values, scores))]
+        best = min(keys)[-1]
+        unit, config = candidates[best]
+        score = scores[best]
+        number += 1
+        current, accuracy = config, score.accuracy
+        macs, params = costs[best]
+        yield Step(number, unit, config[unit], macs, params, score.accuracy, score.loss, values[best],
+                   len(candidates), time.perf_counter() - began, dict(config))
+
+
+def _ladders(start: Mapping[str, int], choices: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """The sorted choices of every unit that may shrink, in the order of ``start``."""
+    missing = [unit for unit in choices if unit not in start]
+    if missing:
+        raise ValueError(f"units {', '.join(missing)} have choices but no count in the start config: "
+                         "give the start config every unit")
+    ladders = {}
+    for unit in start:
+        ladder = sorted(choices.get(unit, ()))
+        if len(ladder) > 1:
+            ladders[unit] = ladder
+    return ladders
+
+
+def _check_history(history: Sequence[Step], start: Mapping[str, int]) -> None:
+    """Raise ValueError unless ``history`` is a trajectory that begins at ``start``."""
+    if history[0].step != 0 or dict(history[0].config) != dict(start):
+        raise ValueError("the history does not begin at the start config: resume with the trajectory "
+                         "of this search, or start a new one in an empty directory")
+    for before, after in zip(history, history[1:]):
+        if after.step != before.step + 1:
+            raise ValueError(f"the history jumps from step {before.step} to step {after.step}: "
+                             "resume with the whole trajectory")
+
+
+def _scores(evaluate: Evaluator, current: Mapping[str, int],
+            candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Score]:
+    """Call the evaluator and check that it gave one score per candidate."""
+    scores = list(evaluate(current, candidates))
+    if len(scores) != len(candidates):
+        raise ValueError(f"the evaluator returned {len(scores)} scores for {len(candidates)} candidates: "
+                         "it must return one Score per candidate, in order")
+    return scores
+
+
+def _drop_per_mac(accuracy: float, macs: int, score: Score, candidate_macs: int) -> float:
+    """Accuracy lost per MAC saved; infinite for a candidate that saves no MACs, so it ranks last."""
+    saved = macs - candidate_macs
+    return (accuracy - score.accuracy) / saved if saved > 0 else math.inf
+
+
+def _meets(macs: int, params: int, max_macs: Optional[int], max_params: Optional[int]) -> bool:
+    """Whether a cost is within every limit given (never, when none is given)."""
+    if max_macs is None and max_params is None:
+        return False
+    return (max_macs is None or macs <= max_macs) and (max_params is None or params <= max_params)
+
+
+# --------------------------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """A budget: at most ``value`` MACs (``kind='flops'``) or parameters (``kind='params'``)."""
+
+    kind: str
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target kind {self.kind!r}: use one of {', '.join(TARGET_KINDS)}")
+        if self.value <= 0:
+            raise ValueError(f"target {self.kind} {self.value} must be positive")
+
+    @property
+    def label(self) -> str:
+        """A name for files, e.g. ``flops-300M`` or ``params-2.5M``."""
+        return f"{self.kind}-{_compact(self.value)}"
+
+    def cost(self, macs: int, params: int) -> int:
+        """The part of a cost this target limits."""
+        return macs if self.kind == "flops" else params
+
+    def met_by(self, macs: int, params: int) -> bool:
+        """Whether a config of this cost is within the target."""
+        return self.cost(macs, params) <= self.value
+
+
+def parse_targets(flops: Sequence[str] = (), params: Sequence[str] = ()) -> list[Target]:
+    """Targets from command-line budgets such as ``300M`` (MACs) and ``2M`` (parameters).
+
+    Duplicates are dropped; the order given is kept, MAC targets first.
+
+    Raises:
+        ValueError: if a budget cannot be read (see :func:`autoslim.budget.parse_budget`).
+    """
+    targets: list[Target] = []
+    for kind, texts in (("flops", flops), ("params", params)):
+        for text in texts:
+            target = Target(kind, parse_budget(text))
+            if target not in targets:
+                targets.append(target)
+    return targets
+
+
+def stop_limits(targets: Sequence[Target]) -> tuple[Optional[int], Optional[int]]:
+    """The ``(stop_macs, stop_params)`` of :func:`greedy_search` that reach every target."""
+    macs = [t.value for t in targets if t.kind == "flops"]
+    params = [t.value for t in targets if t.kind == "params"]
+    return (min(macs) if macs else None, min(params) if params else None)
+
+
+def _compact(value: int) -> str:
+    """A count with a k/M/G/T suffix and no trailing zeros (``300000000 -> '300M'``, ``2500000 -> '2.5M'``)."""
+    for suffix, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if value >= scale:
+            return f"{value / scale:.6f}".rstrip("0").rstrip(".") + suffix
+    return str(value)
+
+
+def check_targets(targets: Sequence[Target], *, largest: tuple[int, int], smallest: tuple[int, int]) -> None:
+    """Check that the search can reach every target and that none is met before it starts.
+
+    Args:
+        targets: the targets.
+        largest: ``(macs, params)`` of the largest config.
+        smallest: ``(macs, params)`` of the smallest config.
+
+    Raises:
+        ValueError: naming the first target out of reach, with the reachable range.
+    """
+    for target in targets:
+        low, high = target.cost(*smallest), target.cost(*largest)
+        reachable = f"reachable {target.kind}: {format_count(low)} to {format_count(high)}"
+        if target.value < low:
+            raise ValueError(f"target {target.label} is below the smallest config ({format_count(low)} "
+                             f"{target.kind}); {reachable}: choose a target in that range or widen the space")
+        if target.value >= high:
+            raise ValueError(f"target {target.label} is already met by the largest config "
+                             f"({format_count(high)} {target.kind}); {reachable}: choose a target below "
+                             f"{format_count(high)}")
+
+
+def pick(trajectory: Sequence[Step], target: Target) -> Step:
+    """The first trajectory point that meets ``target``.
+
+    Raises:
+        ValueError: if no point meets it (the search stopped before reaching it).
+    """
+    for step in trajectory:
+        if target.met_by(step.macs, step.params):
+            return step
+    reached = min((target.cost(s.macs, s.params) for s in trajectory), default=None)
+    where = f"the trajectory reaches {format_count(reached)} {target.kind}" if reached is not None else "the trajectory is empty"
+    raise ValueError(f"no point of the trajectory meets target {target.label} ({where}): "
+                     "resume the search with this target so that it runs further")
+
+
+def pareto_front(steps: Sequence[Step]) -> list[Step]:
+    """The points no other point beats on both MACs (lower) and accuracy (higher), by increasing MACs.
+
+    Of points with the same MACs and accuracy the first is kept.
+    """
+    front: list[Step] = []
+    for step in sorted(steps, key=lambda s: (s.macs, -s.accuracy)):
+        if not front or step.accuracy > front[-1].accuracy:
+            front.append(step)
+    return front
+
+
+# ---------------------------------------------------------------------------------------- trajectory
+
+
+def append_step(path: Union[str, os.PathLike], step: Step) -> None:
+    """Append one row to a trajectory CSV (writing the header if the file is new), then flush and fsync.
+
+    Raises:
+        ValueError: if the file ends in a broken line; read it with ``read_trajectory(..., repair=True)``
+            first.
+    """
+    path = Path(path)
+    fresh = not path.exists() or path.stat().st_size == 0
+    if not fresh:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                raise ValueError(f"{path} ends in a broken line (an interrupted write): run "
+                                 "read_trajectory(path, start, repair=True) before appending")
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        if fresh:
+            writer.writerow(TRAJECTORY_COLUMNS)
+        writer.writerow(_row(step))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_trajectory(path: Union[str, os.PathLike], steps: Sequence[Step]) -> None:
+    """Write a whole trajectory CSV atomically (a temporary file, fsync, then ``os.replace``)."""
+    path = Path(path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TRAJECTORY_COLUMNS)
+    writer.writerows(_row(step) for step in steps)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        handle.write(buffer.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, repair: bool = False) -> list[Step]:
+    """Read a trajectory CSV, rebuilding each step's config by replaying the unit changes from ``start``.
+
+    A last line without its newline was cut by a killed process and is dropped, even when it parses (a
+    number may have been cut short).
+
+    Args:
+        path: the CSV written by :func:`append_step`.
+        start: the start (largest) config of the search.
+        repair: rewrite the file without the broken line, so that :func:`append_step` can continue it.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the header or a complete row is malformed, the steps are not 0, 1, 2, ..., or a
+            row names a unit missing from ``start``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no trajectory at {path}: run the search first")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    broken = bool(lines) and not lines[-1].endswith("\n")
+    if broken:
+        lines = lines[:-1]
+    steps: list[Step] = []
+    if lines:
+        header = next(csv.reader(lines[:1]))
+        if tuple(header) != TRAJECTORY_COLUMNS:
+            raise ValueError(f"{path} is not a trajectory: its header is {','.join(header)}, expected "
+                             f"{','.join(TRAJECTORY_COLUMNS)}")
+        config = dict(start)
+        for number, fields in enumerate(csv.reader(lines[1:]), start=2):
+            if not fields:
+                continue
+            step = _step(fields, config, path, number)
+            expected = steps[-1].step + 1 if steps else 0
+            if step.step != expected:
+                raise ValueError(f"{path}, line {number}: step {step.step} where step {expected} was expected; "
+                                 "the file mixes two searches, start a new one in an empty directory")
+            config = step.config
+            steps.append(step)
+    if broken and repair:
+        write_trajectory(path, steps)
+    return steps
+
+
+def _row(step: Step) -> list:
+    """The CSV fields of a step."""
+    return [step.step, "" if step.unit is None else step.unit, "" if step.channels is None else step.channels,
+            step.macs, step.params, step.accuracy, step.loss, step.score, step.candidates, step.seconds]
+
+
+def _step(fields: list[str], config: Mapping[str, int], path: Path, number: int) -> Step:
+    """Parse one CSV row, applying its unit change to ``config`` (the config before it)."""
+    if len(fields) != len(TRAJECTORY_COLUMNS):
+        raise ValueError(f"{path}, line {number}: {len(fields)} fields where {len(TRAJECTORY_COLUMNS)} "
+                         "were expected; fix or delete that line")
+    row = dict(zip(TRAJECTORY_COLUMNS, fields))
+    try:
+        unit = row["unit"] or None
+        channels = int(row["channels"]) if row["channels"] else None
+        step = int(row["step"])
+        values = dict(macs=int(row["macs"]), params=int(row["params"]), accuracy=float(row["accuracy"]),
+                      loss=float(row["loss"]), score=float(row["score"]), candidates=int(row["candidates"]),
+                      seconds=float(row["seconds"]))
+    except ValueError as error:
+        raise ValueError(f"{path}, line {number}: {error}; fix or delete that line") from None
+    after = dict(config)
+    if unit is not None:
+        if unit not in after or channels is None:
+            raise ValueError(f"{path}, line {number}: unit {unit!r} is not in the start config; the "
+                             "trajectory belongs to another supernet")
+        after[unit] = channels
+    return Step(step=step, unit=unit, channels=channels, config=after, **values)

@@ -1,0 +1,203 @@
+"""The supernet: a plain model at maximum width with slim layers and channel units (US-Nets section 3).
+
+:func:`convert` traces a plain ``nn.Module``, derives its channel units, and returns a :class:`Supernet`
+whose Conv2d / Linear / BatchNorm2d modules are slim layers sharing nothing with the input model. The
+supernet can be set to any channel config, sample one, give its largest, smallest and uniform-width
+configs, and report the exact cost of any config without running it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Callable, Mapping
+
+from torch import Tensor, nn
+
+from .cost import Cost, CostModel
+from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear, to_slim
+from .trace import Trace, trace_model
+from .units import ChannelUnit, make_divisible, unit_choices
+
+__all__ = ["Supernet", "convert", "Config"]
+
+Config = Mapping[str, int]
+
+
+class Supernet(nn.Module):
+    """A slimmable network: ``model`` with slim layers, plus its channel units.
+
+    Configs map the name of every unit that is not frozen to a channel count; frozen units always run at
+    their maximum (a config may name them only at that count).
+
+    Attributes:
+        model: the converted network; ``forward`` calls it.
+        units: every channel unit, frozen ones included, in graph order.
+        width_mult: the width multiplier the supernet was built at (1.5 for a 1.5x MobileNet).
+    """
+
+    def __init__(self, model: nn.Module, trace: Trace, *, width_mult: float = 1.0,
+                 uniform: Callable[[float], dict[str, int]] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.units: list[ChannelUnit] = trace.units
+        self.width_mult = float(width_mult)
+        self.input_size = trace.input_size
+        self.in_channels = trace.in_channels
+        self._trace = trace
+        self._cost = CostModel(trace)
+        self._uniform = uniform
+        self._index = {unit.name: i for i, unit in enumerate(self.units)}
+        self._layers: list[tuple[nn.Module, str, int, int]] = []
+        modules = dict(model.named_modules())
+        seen: set[str] = set()
+        for call in trace.calls:
+            if call.module not in seen:
+                seen.add(call.module)
+                self._layers.append((modules[call.module], call.kind, call.in_unit, call.out_unit))
+        self._counts = [unit.maximum for unit in self.units]
+
+    # -- configs ---------------------------------------------------------------------------------
+
+    @property
+    def slimmable_units(self) -> list[ChannelUnit]:
+        """The units a config names (every unit that is not frozen)."""
+        return [unit for unit in self.units if unit.frozen is None]
+
+    @property
+    def frozen_units(self) -> list[ChannelUnit]:
+        return [unit for unit in self.units if unit.frozen is not None]
+
+    def unit(self, name: str) -> ChannelUnit:
+        if name not in self._index:
+            raise ValueError(f"unknown unit {name!r}; the units are: {', '.join(u.name for u in self.slimmable_units)}")
+        return self.units[self._index[name]]
+
+    def validate_config(self, config: Config, *, complete: bool = True) -> dict[str, int]:
+        """Check a config and return it as a plain dict over the slimmable units.
+
+        Raises:
+            ValueError: naming the offending unit: unknown, missing (when ``complete``), frozen at another
+                count, or a count outside 1..maximum.
+        """
+        result: dict[str, int] = {}
+        for name, count in config.items():
+            unit = self.unit(str(name))
+            if isinstance(count, bool) or not isinstance(count, int):
+                if isinstance(count, float) and count.is_integer():
+                    count = int(count)
+                else:
+                    raise ValueError(f"unit {name!r}: channel count must be an integer, got {count!r}")
+            if unit.frozen is not None:
+                if count != unit.maximum:
+                    raise ValueError(f"unit {name!r} is frozen at {unit.maximum} channels ({unit.frozen}); got {count}")
+                continue
+            if not 1 <= count <= unit.maximum:
+                raise ValueError(f"unit {name!r}: {count} channels is outside the allowed range 1..{unit.maximum}")
+            result[unit.name] = count
+        if complete:
+            missing = [unit.name for unit in self.slimmable_units if unit.name not in result]
+            if missing:
+                raise ValueError(f"config is missing unit(s) {', '.join(repr(m) for m in missing[:5])}"
+                                 f"{' and more' if len(missing) > 5 else ''}")
+        return result
+
+    def _counts_of(self, config: Config | None) -> list[int]:
+        if config is None:
+            return list(self._counts)
+        counts = [unit.maximum for unit in self.units]
+        for name, count in config.items():
+            counts[self._index[name]] = count
+        return counts
+
+    def set_config(self, config: Config) -> None:
+        """Run every layer at ``config`` (validated; units it does not name keep their maximum)."""
+        config = self.validate_config(config, complete=False)
+        self._apply(self._counts_of(config))
+
+    def _apply(self, counts: list[int]) -> None:
+        for module, kind, i, o in self._layers:
+            if kind == "bn":
+                module.set_active(counts[o])
+            else:
+                module.set_active(counts[i], counts[o])
+        self._counts = counts
+
+    @property
+    def config(self) -> dict[str, int]:
+        """The config the supernet currently runs at."""
+        return {unit.name: self._counts[i] for i, unit in enumerate(self.units) if unit.frozen is None}
+
+    def largest_config(self) -> dict[str, int]:
+        return {unit.name: unit.maximum for unit in self.slimmable_units}
+
+    def smallest_config(self) -> dict[str, int]:
+        return {unit.name: unit.choices[0] for unit in self.slimmable_units}
+
+    def sample_config(self, rng: random.Random) -> dict[str, int]:
+        """An independent uniform choice per unit, drawn from ``rng``."""
+        return {unit.name: rng.choice(unit.choices) for unit in self.slimmable_units}
+
+    def uniform_config(self, width: float) -> dict[str, int]:
+        """The network its family calls width ``width``.
+
+        Spaces built from a width-multiplier builder get the builder's own rounding rules (MobileNetV2's
+        last 1280 channels, MNASNet's rounding); otherwise each unit is ``make_divisible(base * width, 8)``
+        with ``base = maximum / width_mult``.
+        """
+        if not 0 < width <= self.width_mult + 1e-9:
+            raise ValueError(f"width {width} is outside the supernet's range (0, {self.width_mult:g}]")
+        known = self._uniform(width) if self._uniform is not None else {}
+        config = {}
+        for unit in self.slimmable_units:
+            count = known.get(unit.name)
+            if count is None:
+                count = make_divisible(unit.maximum / self.width_mult * width, 8)
+            config[unit.name] = max(1, min(unit.maximum, count))
+        return config
+
+    # -- cost and forward ------------------------------------------------------------------------
+
+    def cost(self, config: Config | None = None, *, input_size: int | None = None) -> Cost:
+        """MACs and parameters at ``config`` (default: the current one) and ``input_size`` (default: traced)."""
+        if config is not None:
+            config = self.validate_config(config, complete=False)
+        return self._cost(self._counts_of(config), input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, groups: int = 10, divisor: int = 8,
+            min_ratio: float = 0.0, width_mult: float = 1.0,
+            uniform: Callable[[float], dict[str, int]] | None = None) -> Supernet:
+    """Build a supernet from a plain model at its maximum width.
+
+    Args:
+        model: the network at maximum width; it is copied, not modified.
+        in_channels: image channels.
+        input_size: image height and width used for tracing and as the default for costs.
+        groups: each unit's maximum is split into this many groups.
+        divisor: channel counts are rounded to multiples of this.
+        min_ratio: counts below this share of a unit's maximum are not choices.
+        width_mult: the width multiplier ``model`` was built at (for uniform-width configs).
+        uniform: optional ``width -> {unit: count}`` giving the family's own uniform-width networks.
+    """
+    model = copy.deepcopy(model)
+    trace = trace_model(model, in_channels=in_channels, input_size=input_size)
+    for unit in trace.units:
+        unit.choices = (unit.maximum,) if unit.frozen else unit_choices(
+            unit.maximum, groups=groups, divisor=divisor, min_ratio=min_ratio)
+    slim_names = {call.module for call in trace.calls}
+    for name in slim_names:
+        _replace(model, name, to_slim(trace.modules[name]))
+    return Supernet(model, trace, width_mult=width_mult, uniform=uniform)
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+SLIM_LAYERS = (SlimConv2d, SlimLinear, SlimBatchNorm2d)
