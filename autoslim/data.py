@@ -439,7 +439,7 @@ def _check_classes(key: str, num_classes: int | None, classes: Sequence[str] | N
         raise ValueError(f"{key} has labels up to {top - 1} but only {found} class names")
     if num_classes is None:
         return found
-    if key in ("npz", "fake") and num_classes >= found or num_classes == found:
+    if num_classes == found or (key in ("npz", "fake") and num_classes > found):
         return num_classes
     raise ValueError(f"{key} has {found} classes, but num_classes={num_classes} was asked for")
 
@@ -542,7 +542,9 @@ def _read_npz(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ..
     return (*out, classes)
 
 
-def _load_named(key: str, data_dir: str | os.PathLike | None, download: bool):
+def _load_named(
+    key: str, data_dir: str | os.PathLike | None, download: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...] | None]:
     """A torchvision dataset from its root, or the same data as an .npz (``data_dir/KEY.npz`` or a file)."""
     root = Path(data_dir if data_dir is not None else _DEFAULT_DATA_DIR)
     class_name, folder, title = _TORCHVISION[key]

@@ -1,0 +1,198 @@
+"""Search spaces: YAML files naming a model builder, its supernet width, channel choices and training recipe.
+
+A space is data. ``search_spaces/NAME.yaml`` names a builder (``module:function``, a torchvision builder or a
+plain module in ``search_spaces/models.py``), the width multiplier of the supernet (1.5 for the mobile
+networks and the CIFAR spaces, 1.0 for ResNet-50, as in AutoSlim Table 1), ``groups`` / ``divisor`` /
+``min_ratio`` for the channel choices, the input size and classes, and the default dataset and recipe.
+Every space, and any user model, becomes a supernet through :func:`autoslim.supernet.convert`.
+
+Besides the bundled names, a space may be given as a path to a YAML file of the same form,
+``torchvision:NAME`` (any torchvision classification builder) or ``path/to/file.py:function``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from .io import read_yaml
+from .supernet import Supernet, convert
+from .trace import trace_model
+
+__all__ = ["Recipe", "SearchSpace", "SPACES_DIR", "list_spaces", "load_space", "build_model", "build_supernet"]
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A full from-scratch training recipe (``retrain`` uses it; the supernet trains for ``fraction`` of it).
+
+    ``lr`` is the learning rate at ``batch_size``; other batch sizes scale it linearly.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    num_subnets: int = 4
+    fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """One search space, as read from its YAML file."""
+
+    name: str
+    builder: str
+    description: str = ""
+    width_arg: str | None = None
+    width_mult: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 1000
+    input_size: int = 224
+    in_channels: int = 3
+    groups: int = 10
+    divisor: int = 8
+    min_ratio: float = 0.0
+    dataset: str = "digits"
+    recipe: Recipe = field(default_factory=Recipe)
+    path: str | None = None
+
+
+def list_spaces() -> list[str]:
+    """Names of the bundled spaces."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name: str) -> SearchSpace:
+    """Load a space by bundled name, YAML path, ``torchvision:NAME`` or ``file.py:function``.
+
+    Raises:
+        ValueError: unknown space (listing the known ones), an unknown key or a bad value in its YAML.
+    """
+    if name.startswith("torchvision:"):
+        return _torchvision_space(name.split(":", 1)[1])
+    if ".py:" in name:
+        return SearchSpace(name=name, builder=name, description=f"user model {name}", num_classes=1000,
+                           input_size=224, dataset="imagefolder")
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or (path.is_file() and name not in list_spaces()):
+        data, space_name = read_yaml(path), path.stem
+    elif (SPACES_DIR / f"{name}.yaml").is_file():
+        path = SPACES_DIR / f"{name}.yaml"
+        data, space_name = read_yaml(path), name
+    else:
+        raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(list_spaces())} "
+                         "(or a YAML path, torchvision:NAME, file.py:function)")
+    return _space_from_dict(data, space_name, str(path))
+
+
+def _space_from_dict(data: Any, name: str, path: str) -> SearchSpace:
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a space file must be a mapping of keys to values")
+    known = {f.name for f in dataclasses.fields(SearchSpace)} - {"name", "path"}
+    for key in data:
+        if key not in known:
+            raise ValueError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(sorted(known))}")
+    if "builder" not in data:
+        raise ValueError(f"{path}: missing key 'builder' (module:function)")
+    values = dict(data)
+    recipe = values.pop("recipe", None) or {}
+    recipe_keys = {f.name for f in dataclasses.fields(Recipe)}
+    for key in recipe:
+        if key not in recipe_keys:
+            raise ValueError(f"{path}: unknown recipe key {key!r}; allowed: {', '.join(sorted(recipe_keys))}")
+    space = SearchSpace(name=name, path=path, recipe=Recipe(**recipe), **values)
+    if not space.width_mult > 0 or space.groups < 1 or space.divisor < 1 or not 0 <= space.min_ratio < 1:
+        raise ValueError(f"{path}: width_mult must be > 0, groups and divisor >= 1, min_ratio in [0, 1)")
+    return space
+
+
+def _torchvision_space(model_name: str) -> SearchSpace:
+    import torchvision
+
+    builders = torchvision.models.list_models(module=torchvision.models)
+    if model_name not in builders:
+        raise ValueError(f"unknown torchvision classification model {model_name!r}; e.g. {', '.join(builders[:8])}, ...")
+    builder = f"torchvision.models:{model_name}"
+    width_arg = "width_mult" if "width_mult" in inspect.signature(_resolve(builder)).parameters else None
+    return SearchSpace(name=f"torchvision:{model_name}", builder=builder, description=f"torchvision {model_name}",
+                       width_arg=width_arg, dataset="imagefolder")
+
+
+def _resolve(builder: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = builder.rpartition(":")
+    if not module_name:
+        raise ValueError(f"builder {builder!r} must be module:function or file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {path} not found")
+            spec = importlib.util.spec_from_file_location(f"autoslim_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r} for builder {builder!r}: {error}") from error
+    if not hasattr(module, attr):
+        raise ValueError(f"{module_name} has no function {attr!r}")
+    return getattr(module, attr)
+
+
+def build_model(space: SearchSpace, *, width: float | None = None, num_classes: int | None = None) -> nn.Module:
+    """The plain network of ``space`` at width ``width`` (default: the supernet's width)."""
+    kwargs = dict(space.kwargs)
+    kwargs["num_classes"] = space.num_classes if num_classes is None else num_classes
+    if space.width_arg:
+        kwargs[space.width_arg] = space.width_mult if width is None else width
+    elif width is not None and abs(width - space.width_mult) > 1e-9:
+        raise ValueError(f"space {space.name} has no width argument; only width {space.width_mult:g} exists")
+    builder = _resolve(space.builder)
+    parameters = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in parameters}  # a user function may take no options
+    model = builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"builder {space.builder} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def build_supernet(space: SearchSpace, *, num_classes: int | None = None, input_size: int | None = None) -> Supernet:
+    """Trace the space's network at its supernet width and convert it into a :class:`Supernet`."""
+    num_classes = space.num_classes if num_classes is None else num_classes
+    input_size = space.input_size if input_size is None else input_size
+    uniform = None
+    if space.width_arg:
+        def uniform(width: float) -> dict[str, int]:
+            return _uniform_counts(space, width, num_classes, input_size)
+    return convert(build_model(space, num_classes=num_classes), in_channels=space.in_channels, input_size=input_size,
+                   groups=space.groups, divisor=space.divisor, min_ratio=space.min_ratio,
+                   width_mult=space.width_mult, uniform=uniform)
+
+
+_UNIFORM_CACHE: dict[tuple, dict[str, int]] = {}
+
+
+def _uniform_counts(space: SearchSpace, width: float, num_classes: int, input_size: int) -> dict[str, int]:
+    """Unit counts of the network the family's own builder makes at ``width`` (its rounding rules included)."""
+    key = (space.builder, repr(sorted(space.kwargs.items())), space.width_arg, round(width, 6), num_classes,
+           space.in_channels, input_size)
+    if key not in _UNIFORM_CACHE:
+        model = build_model(space, width=width, num_classes=num_classes)
+        trace = trace_model(model, in_channels=space.in_channels, input_size=input_size)
+        _UNIFORM_CACHE[key] = {unit.name: unit.maximum for unit in trace.units}
+    return dict(_UNIFORM_CACHE[key])

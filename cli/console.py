@@ -1,0 +1,54 @@
+"""The one rich Console of the command line, its tables and progress bars.
+
+The library never prints; commands render what it returns here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+__all__ = ["console", "error_console", "table", "print_frame", "progress", "error"]
+
+console = Console(highlight=False)
+error_console = Console(stderr=True, highlight=False)
+
+
+def error(message: str) -> None:
+    """One red line on stderr."""
+    error_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]], *, justify_right: set[str] | None = None) -> Table:
+    justify_right = justify_right or set()
+    result = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        result.add_column(column, justify="right" if column in justify_right else "left")
+    for row in rows:
+        result.add_row(*(str(value) for value in row))
+    return result
+
+
+def print_frame(frame, title: str | None = None, right: set[str] | None = None) -> None:
+    """Render a pandas DataFrame as a table (numbers right-aligned)."""
+    numeric = {str(c) for c in frame.columns if frame[c].dtype.kind in "iuf"}
+    console.print(table(title, [str(c) for c in frame.columns], frame.values.tolist(),
+                        justify_right=numeric | (right or set())))
+
+
+def progress(*, transient: bool = False) -> Progress:
+    """A progress bar with counts, elapsed time and ETA; extra fields render as ``{task.fields[...]}``."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )

@@ -1,0 +1,53 @@
+"""``autoslim cost``: exact MACs and parameters of a uniform width or a config file."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+__all__ = ["cost"]
+
+
+@click.command()
+@click.argument("space_name", metavar="SPACE")
+@click.option("--width", type=float, help="Uniform width multiplier (1.0 = the standard network).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="A channel config YAML.")
+@click.option("--input-size", type=click.IntRange(min=1), help="Input height and width (default: the space's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def cost(space_name: str, width: float | None, config_path: str | None, input_size: int | None, as_json: bool) -> None:
+    """MACs and parameters of SPACE at a uniform --width or a --config file.
+
+    MACs count the multiply-accumulates of conv and linear layers (the paper's "FLOPs").
+    """
+    if (width is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --width W or --config FILE")
+    from autoslim.budget import format_count
+    from autoslim.config import load_config
+    from autoslim.spaces import build_supernet, load_space
+    from cli.console import console, table
+
+    if config_path:
+        loaded = load_config(config_path)
+        space = load_space(space_name)
+        if loaded.space != space.name and loaded.space != space_name:
+            raise ValueError(f"{config_path} is a config of space {loaded.space!r}, not {space.name!r}")
+        supernet = build_supernet(space, num_classes=loaded.space_options.get("num_classes"))
+        config = supernet.validate_config(loaded.channels)
+    else:
+        space = load_space(space_name)
+        supernet = build_supernet(space)
+        if not 0 < width <= space.width_mult + 1e-9:
+            raise ValueError(f"--width {width:g} is outside the range (0, {space.width_mult:g}] of space {space.name}")
+        config = supernet.uniform_config(width)
+    size = input_size or space.input_size
+    result = supernet.cost(config, input_size=size)
+    if as_json:
+        print(json.dumps({"space": space.name, "width": width, "config": config_path, "input_size": size,
+                          "macs": int(result.macs), "params": int(result.params), "channels": config}))
+        return
+    rows = [[unit.name, config.get(unit.name, unit.maximum), unit.maximum, unit.frozen or ""] for unit in supernet.units]
+    console.print(table(f"{space.name} at {'width ' + format(width, 'g') if width else config_path}",
+                        ["unit", "channels", "max", "frozen because"], rows, justify_right={"channels", "max"}))
+    console.print(f"MACs {result.macs:,} ({format_count(result.macs)}), params {result.params:,} "
+                  f"({format_count(result.params)}) at {space.in_channels}x{size}x{size}")

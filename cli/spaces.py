@@ -1,0 +1,45 @@
+"""``autoslim spaces``: the bundled search spaces, or the channel units of one."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["spaces"]
+
+
+@click.command()
+@click.option("--units", "units_of", metavar="NAME", help="List the channel units of this space (or torchvision:NAME, file.py:fn).")
+@click.option("--input-size", type=click.IntRange(min=1), help="Input size for costs (default: the space's).")
+def spaces(units_of: str | None, input_size: int | None) -> None:
+    """List the search spaces, or the channel units of one of them."""
+    from autoslim.budget import format_count
+    from autoslim.spaces import build_supernet, list_spaces, load_space
+    from cli.console import console, table
+
+    if units_of:
+        space = load_space(units_of)
+        supernet = build_supernet(space, input_size=input_size)
+        rows = []
+        for unit in supernet.units:
+            choices = ", ".join(str(c) for c in unit.choices) if unit.frozen is None else "-"
+            layers = unit.modules
+            shown = ", ".join(layers[:3]) + (f" (+{len(layers) - 3})" if len(layers) > 3 else "")
+            rows.append([unit.name, unit.maximum, choices, shown, unit.frozen or ""])
+        console.print(table(f"{space.name}: {len(supernet.slimmable_units)} slimmable, "
+                            f"{len(supernet.frozen_units)} frozen units",
+                            ["unit", "max", "choices", "layers", "frozen because"], rows, justify_right={"max"}))
+        return
+    rows = []
+    for name in list_spaces():
+        space = load_space(name)
+        supernet = build_supernet(space, input_size=input_size)
+        size = input_size or space.input_size
+        largest, smallest = supernet.cost(), supernet.cost(supernet.smallest_config())
+        rows.append([name, f"{space.builder.split(':')[-1]} {space.width_mult:g}x", f"{space.in_channels}x{size}x{size}",
+                     f"{len(supernet.slimmable_units)} / {len(supernet.frozen_units)}",
+                     format_count(largest.macs), format_count(largest.params),
+                     format_count(smallest.macs), format_count(smallest.params), space.dataset])
+    console.print(table("search spaces (MACs of conv and linear layers)",
+                        ["space", "model", "input", "units slim/frozen", "largest MACs", "params",
+                         "smallest MACs", "params", "dataset"], rows,
+                        justify_right={"largest MACs", "params", "smallest MACs"}))

@@ -1,0 +1,1 @@
+"""Search spaces: one YAML file per space, plus plain model definitions where torchvision has none."""
