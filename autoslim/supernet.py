@@ -113,9 +113,9 @@ class Supernet(nn.Module):
     def set_config(self, config: Config) -> None:
         """Run every layer at ``config`` (validated; units it does not name keep their maximum)."""
         config = self.validate_config(config, complete=False)
-        self._apply(self._counts_of(config))
+        self._activate(self._counts_of(config))
 
-    def _apply(self, counts: list[int]) -> None:
+    def _activate(self, counts: list[int]) -> None:
         for module, kind, i, o in self._layers:
             if kind == "bn":
                 module.set_active(counts[o])

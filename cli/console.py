@@ -5,6 +5,8 @@ The library never prints; commands render what it returns here.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -13,8 +15,13 @@ from rich.table import Table
 
 __all__ = ["console", "error_console", "table", "print_frame", "progress", "error"]
 
-console = Console(highlight=False)
-error_console = Console(stderr=True, highlight=False)
+def _width() -> int | None:
+    """Terminal width; wide enough for our tables when output goes to a file or pipe."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+
+
+console = Console(highlight=False, width=_width())
+error_console = Console(stderr=True, highlight=False, width=_width())
 
 
 def error(message: str) -> None:

@@ -1,0 +1,78 @@
+"""``autoslim spaces`` and ``autoslim cost``: tables, JSON, and bad input as one line with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def _run(*args):
+    result = CliRunner().invoke(cli, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.mark.parametrize("space,macs", [("mobilenet_v2", 300_774_272), ("resnet50", 4_089_184_256), ("mnasnet", 314_415_872)])
+def test_cost_json(space, macs):
+    result = _run("cost", space, "--width", "1.0", "--input-size", "224", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["macs"] == macs and isinstance(data["params"], int)
+
+
+def test_cost_table_and_config_file(tmp_path):
+    result = _run("cost", "resnet20_cifar", "--width", "1.0", "--json")
+    channels = json.loads(result.output)["channels"]
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"format": "autoslim-config/1", "space": "resnet20_cifar", "channels": channels}))
+    result = _run("cost", "resnet20_cifar", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "40,813,184" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["cost", "nope", "--width", "1"], "known spaces"),
+    (["cost", "mobilenet_v2", "--width", "2"], "outside the range (0, 1.5]"),
+    (["cost", "mobilenet_v2", "--width", "0"], "outside the range"),
+    (["cost", "resnet20_cifar", "--config", "missing.yaml"], "no such file"),
+    (["spaces", "--units", "nope"], "known spaces"),
+])
+def test_bad_input_is_one_line(args, message):
+    result = _run(*args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_config_names_the_unit(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("format: autoslim-config/1\nspace: resnet20_cifar\nchannels: {conv1: 500}\n")
+    result = _run("cost", "resnet20_cifar", "--config", str(path))
+    assert result.exit_code == 1 and "conv1" in result.output and "1..24" in result.output
+    path.write_text("format: autoslim-config/1\nspace: resnet20_cifar\nchannels: {conv1: [\n")
+    result = _run("cost", "resnet20_cifar", "--config", str(path))
+    assert result.exit_code == 1 and "c.yaml:" in result.output and "malformed YAML" in result.output
+
+
+def test_usage_error_exit_2():
+    result = _run("cost", "mobilenet_v2")
+    assert result.exit_code == 2
+
+
+def test_spaces_table_and_units():
+    result = _run("spaces", "--units", "resnet20_cifar")
+    assert result.exit_code == 0
+    assert "layer1.0.conv1" in result.output and "image channels" in result.output
+    assert "12 slimmable" in result.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from cli.main import cli; cli(['--help'], standalone_mode=False); print('torch' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip().splitlines()[-1] == "False"
