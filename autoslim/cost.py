@@ -64,15 +64,22 @@ class CostModel:
             self._spatial[input_size] = self._trace.spatial_sizes(input_size)
         return self._spatial[input_size]
 
-    def __call__(self, counts: Sequence[int], input_size: int | None = None) -> Cost:
-        """Cost at per-unit ``counts`` (indexed like ``trace.units``) and ``input_size`` (default: traced)."""
+    def per_call(self, counts: Sequence[int], input_size: int | None = None) -> list[int]:
+        """MACs of every layer call (in ``trace.calls`` order) at per-unit ``counts``."""
         spatial = self.spatial(self._trace.input_size if input_size is None else input_size)
-        macs = 0
+        result = []
         for (kind, i, o, per, groups), hw in zip(self._calls, spatial):
             if kind == "conv" or kind == "linear":
-                macs += counts[o] * (counts[i] // groups) * per * hw
+                result.append(counts[o] * (counts[i] // groups) * per * hw)
             elif kind == "dwconv":
-                macs += counts[o] * per * hw
+                result.append(counts[o] * per * hw)
+            else:
+                result.append(0)
+        return result
+
+    def __call__(self, counts: Sequence[int], input_size: int | None = None) -> Cost:
+        """Cost at per-unit ``counts`` (indexed like ``trace.units``) and ``input_size`` (default: traced)."""
+        macs = sum(self.per_call(counts, input_size))
         params = self._fixed_params
         for kind, i, o, per, bias, groups in self._layers:
             if kind == "bn":

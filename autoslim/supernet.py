@@ -33,6 +33,7 @@ class Supernet(nn.Module):
     Attributes:
         model: the converted network; ``forward`` calls it.
         units: every channel unit, frozen ones included, in graph order.
+        trace: what tracing found (units, and the units each layer call reads and writes).
         width_mult: the width multiplier the supernet was built at (1.5 for a 1.5x MobileNet).
     """
 
@@ -44,7 +45,7 @@ class Supernet(nn.Module):
         self.width_mult = float(width_mult)
         self.input_size = trace.input_size
         self.in_channels = trace.in_channels
-        self._trace = trace
+        self.trace = trace
         self._cost = CostModel(trace)
         self._uniform = uniform
         self._index = {unit.name: i for i, unit in enumerate(self.units)}
@@ -163,6 +164,12 @@ class Supernet(nn.Module):
         if config is not None:
             config = self.validate_config(config, complete=False)
         return self._cost(self._counts_of(config), input_size)
+
+    def cost_per_call(self, config: Config | None = None, *, input_size: int | None = None) -> list[int]:
+        """MACs of each layer call (``trace.calls`` order) at ``config``; they sum to ``cost(config).macs``."""
+        if config is not None:
+            config = self.validate_config(config, complete=False)
+        return self._cost.per_call(self._counts_of(config), input_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

@@ -84,6 +84,7 @@ class Trace:
     units: list[ChannelUnit]
     calls: list[LayerCall]
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+    node_units: dict[str, int] = field(repr=False, default_factory=dict)  # graph node name -> unit of its dim 1
 
     def unit_index(self) -> dict[str, int]:
         return {unit.name: i for i, unit in enumerate(self.units)}
@@ -293,7 +294,7 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
         else:
             freeze_all(node, f"unsupported node {node.op} {node.name}")
 
-    return _collect(gm, uf, producers, origin, calls, modules, in_channels, input_size)
+    return _collect(gm, uf, producers, origin, calls, modules, in_channels, input_size, unit_of)
 
 
 def _flattens_pooled(source: fx.Node, node: fx.Node) -> bool:
@@ -344,7 +345,7 @@ def _binary(node, args, unit, unit_of, uf, channels_of, freeze_all) -> None:
         freeze_all(node, f"elementwise op {node.name} broadcasts channels")
 
 
-def _collect(gm, uf, producers, origin, raw_calls, modules, in_channels, input_size) -> Trace:
+def _collect(gm, uf, producers, origin, raw_calls, modules, in_channels, input_size, unit_of) -> Trace:
     roots: dict[int, int] = {}
     units: list[ChannelUnit] = []
 
@@ -380,7 +381,8 @@ def _collect(gm, uf, producers, origin, raw_calls, modules, in_channels, input_s
         for attr in ("producers", "consumers", "carriers"):
             setattr(unit, attr, list(dict.fromkeys(getattr(unit, attr))))
     _dedupe_names(units)
-    return Trace(gm, in_channels, input_size, units, calls, modules)
+    node_units = {node.name: index(uid) for node, uid in unit_of.items()}
+    return Trace(gm, in_channels, input_size, units, calls, modules, node_units)
 
 
 def _dedupe_names(units: list[ChannelUnit]) -> None:

@@ -1,0 +1,254 @@
+"""Scoring search candidates on a large held-out batch, reusing what they share (AutoSlim section 3.3).
+
+The paper scores each candidate on a large batch with BatchNorm statistics computed on that batch in
+training mode. A candidate differs from the current network in one unit only, so everything upstream
+of the first layer that unit touches is the same: :class:`BatchScorer` runs the current network once,
+sweeping forward through the graph, and starts each candidate (taken in graph order of the first layer
+it touches) from the activations the sweep holds at that point. Only the tensors crossing that point
+are kept, so memory stays at a few activations of the batch. ``reuse=False`` runs every candidate from
+the input (the plain loop); both give bit-identical scores on the CPU.
+
+With ``calibration`` batches, BatchNorm statistics are instead recalibrated per candidate on separate
+batches and the candidate is evaluated in eval mode (plain loop only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .search import Score
+from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
+from .supernet import Supernet
+
+__all__ = ["BatchScorer", "batch_statistics"]
+
+
+class _SlimTracer(fx.Tracer):
+    """Keeps slim layers as leaves, so their active counts stay attributes and not traced constants."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)) or super().is_leaf_module(m, qualname)
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Eval mode, except that BatchNorm normalises with the batch's own statistics and updates nothing."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    states = [(m.training, m.track_running_stats) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.train()
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(bns, states):
+            m.train(training)
+            m.track_running_stats = track
+        model.train(was_training)
+
+
+class BatchScorer:
+    """An evaluator for :func:`autoslim.search.greedy_search` on one held-out batch.
+
+    Args:
+        supernet: the trained supernet (its config is restored after each call).
+        images: the held-out batch (all of it goes through the network at once: BatchNorm uses its statistics).
+        labels: its labels.
+        reuse: start each candidate from the shared upstream activations (default) or from the input.
+        calibration: optional batches to recalibrate BatchNorm on per candidate (disables reuse).
+        cache_bytes: memory the current network's activations may keep between steps, so that a step
+            recomputes only what the previous step's change invalidated.
+
+    Attributes:
+        macs_executed: multiply-accumulates run so far (all images), the measure of work.
+        layer_calls: conv / linear layer calls made so far, each over the whole batch.
+    """
+
+    def __init__(self, supernet: Supernet, images: Tensor, labels: Tensor, *, reuse: bool = True,
+                 calibration: Optional[Sequence[Tensor]] = None, cache_bytes: int = 2 << 30) -> None:
+        self.supernet = supernet
+        self.images, self.labels = images, labels
+        self.calibration = calibration
+        self.reuse = reuse and calibration is None
+        self.macs_executed = 0
+        self.layer_calls = 0
+        graph = _SlimTracer().trace(supernet.model)
+        self.graph_module = fx.GraphModule(supernet.model, graph)
+        self._nodes = list(graph.nodes)
+        self._position = {node: i for i, node in enumerate(self._nodes)}
+        self._last_use = {node: max((self._position[u] for u in node.users), default=i) for i, node in enumerate(self._nodes)}
+        first_call: dict[str, int] = {}
+        for node in self._nodes:
+            if node.op == "call_module":
+                first_call.setdefault(str(node.target), self._position[node])
+        calls = supernet.trace.calls
+        self._call_positions = [first_call.get(call.module, -1) for call in calls]
+        self._weighted = [call.kind != "bn" for call in calls]
+        index = {unit.name: i for i, unit in enumerate(supernet.units)}
+        node_units = supernet.trace.node_units
+        self._unit_of = {node: node_units.get(node.name) for node in self._nodes}
+        # A candidate starts at the first layer that reads its unit: up to there, its tensors are the current
+        # network's with fewer channels (conv outputs, BatchNorm over the batch, activations: all per channel).
+        self._start: dict[str, int] = {}
+        for unit in supernet.slimmable_units:
+            readers = [first_call[c.module] for c in calls if c.in_unit == index[unit.name] and c.kind in ("conv", "linear")
+                       and c.module in first_call]
+            touched = [first_call[m] for m in unit.modules if m in first_call]
+            self._start[unit.name] = min(readers) if readers else min(touched, default=0)
+        self._traced_shapes = {n.name: getattr(n.meta.get("tensor_meta"), "shape", None)
+                               for n in supernet.trace.graph_module.graph.nodes}
+        self._cache_bytes = cache_bytes
+        self._cache: dict[fx.Node, Tensor] = {}
+        self._cache_config: Optional[dict[str, int]] = None
+        self._cache_done = 0
+
+    # -- the evaluator protocol ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(self, current: Mapping[str, int],
+                 candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Score]:
+        previous = self.supernet.config
+        try:
+            if not self.reuse:
+                return [self._score_plain(config) for _, config in candidates]
+            return self._score_reusing(dict(current), candidates)
+        finally:
+            self.supernet.set_config(previous)
+
+    # -- plain loop ------------------------------------------------------------------------------------
+
+    def _score_plain(self, config: Mapping[str, int]) -> Score:
+        self.supernet.set_config(config)
+        self._count_work(config, 0, len(self._nodes))
+        if self.calibration is not None:
+            from .calibrate import recalibrate
+
+            recalibrate(self.supernet, self.calibration)
+            self.supernet.eval()
+            return self._score(self.graph_module(self.images))
+        with batch_statistics(self.supernet):
+            return self._score(self.graph_module(self.images))
+
+    # -- reuse ------------------------------------------------------------------------------------------
+
+    def _score_reusing(self, current: dict[str, int],
+                       candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Score]:
+        starts = [0 if unit is None else self._start.get(unit, 0) for unit, _ in candidates]
+        keep = self._keep_set(set(starts))
+        env, done = self._restore(current, keep)
+        runner = fx.Interpreter(self.graph_module, garbage_collect_values=False)
+        scores: list[Optional[Score]] = [None] * len(candidates)
+        with batch_statistics(self.supernet):
+            for i in sorted(range(len(candidates)), key=lambda j: starts[j]):
+                unit, config = candidates[i]
+                start = starts[i]
+                if start > done:
+                    self.supernet.set_config(current)
+                    self._count_work(current, done, start)
+                    runner.env = env
+                    runner.args_iter = iter([self.images])
+                    for node in self._nodes[done:start]:
+                        env[node] = runner.run_node(node)
+                    done = start
+                for node in [n for n in env if self._last_use[n] < start and n not in keep]:
+                    del env[node]  # only the tensors crossing a start point are kept
+                self.supernet.set_config(config)
+                self._count_work(config, start, len(self._nodes))
+                initial = dict.fromkeys(self._nodes[:start])
+                for node, value in env.items():
+                    if self._position[node] < start <= self._last_use[node]:
+                        initial[node] = self._frontier(node, value, unit, config, start)
+                output = fx.Interpreter(self.graph_module, garbage_collect_values=True).run(
+                    self.images, initial_env=initial)
+                scores[i] = self._score(output)
+        if keep:
+            self._cache = {node: env[node] for node in keep if node in env}
+            self._cache_config, self._cache_done = current, done
+        return scores  # type: ignore[return-value]
+
+    def _frontier(self, node: fx.Node, value: object, unit: Optional[str], config: Mapping[str, int], start: int):
+        """The current network's tensor as the candidate sees it: fewer channels if it carries ``unit``."""
+        if not isinstance(value, Tensor):
+            return value
+        if unit is not None and self._carries(node, unit) and value.shape[1] != config[unit]:
+            return value[:, : config[unit]].contiguous()  # contiguous, as the candidate's own layers would give
+        if any(self._position[u] >= start and _in_place(u, self.graph_module) for u in node.users):
+            return value.clone()  # the candidate writes into it
+        return value
+
+    def _carries(self, node: fx.Node, unit: str) -> bool:
+        index = self._unit_of.get(node)
+        return index is not None and self.supernet.units[index].name == unit
+
+    def _keep_set(self, starts: set[int]) -> set[fx.Node]:
+        """Tensors of the current network worth keeping for the next step, if they fit in the cache budget."""
+        crossing = {node for node in self._nodes
+                    if any(self._position[node] < s <= self._last_use[node] for s in starts)}
+        if any(_in_place(user, self.graph_module) for node in crossing for user in node.users):
+            return set()  # a cached tensor would be modified in place when the sweep runs again
+        batch = len(self.images)
+        estimate = 0
+        for node in crossing:
+            meta = node.meta.get("tensor_meta")
+            shape = getattr(meta, "shape", None) or self._traced_shapes.get(node.name)
+            if shape is None:
+                return set()
+            estimate += batch * math.prod(int(d) for d in shape[1:]) * self.images.element_size()
+        return crossing if estimate <= self._cache_bytes else set()
+
+    def _restore(self, current: dict[str, int], keep: set[fx.Node]) -> tuple[dict, int]:
+        """The cached tensors still valid for ``current``, and how far the current network is computed."""
+        if not keep or self._cache_config is None or set(self._cache_config) != set(current):
+            return {}, 0
+        changed = [u for u in current if current[u] != self._cache_config[u]]
+        if any(current[u] > self._cache_config[u] for u in changed):
+            return {}, 0
+        done = min([self._start.get(u, 0) for u in changed] + [self._cache_done])
+        env = {}
+        for node, value in self._cache.items():
+            if self._position[node] >= done:
+                continue
+            for unit in changed:
+                if self._carries(node, unit) and isinstance(value, Tensor):
+                    value = value[:, : current[unit]].contiguous()
+            env[node] = value
+        return env, done
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _score(self, logits: Tensor) -> Score:
+        loss = F.cross_entropy(logits.float(), self.labels)
+        accuracy = (logits.argmax(1) == self.labels).float().mean()
+        return Score(accuracy=float(accuracy), loss=float(loss))
+
+    def _count_work(self, config: Mapping[str, int], low: int, high: int) -> None:
+        """Add the work of the calls at graph positions ``low <= position < high``."""
+        macs = self.supernet.cost_per_call(config)
+        for position, call_macs, weighted in zip(self._call_positions, macs, self._weighted):
+            if low <= position < high:
+                self.macs_executed += call_macs * len(self.images)
+                self.layer_calls += weighted
+
+
+_IN_PLACE_FUNCTIONS = {"iadd", "isub", "imul", "itruediv"}
+
+
+def _in_place(node: fx.Node, graph_module: fx.GraphModule) -> bool:
+    """Whether ``node`` may write into one of its inputs."""
+    if node.op == "call_module":
+        return bool(getattr(graph_module.get_submodule(str(node.target)), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return bool(node.kwargs.get("inplace")) or name in _IN_PLACE_FUNCTIONS or name.endswith("_")
+    return False

@@ -1,0 +1,80 @@
+"""``autoslim search``: greedy slimming of a trained supernet, one config per budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["search"]
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--flops", multiple=True, metavar="BUDGET", help="MACs target (300M, 1.2G, 3e8); repeatable.")
+@click.option("--params", multiple=True, metavar="BUDGET", help="Parameter target (2M, 450k); repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="SEARCH directory [default: RUN/search].")
+@click.option("--eval-batch", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Held-out images scored at once (the whole search split if smaller).")
+@click.option("--calibration-batches", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Recalibrate BatchNorm on K training batches per candidate instead of batch statistics.")
+@click.option("--criterion", type=click.Choice(["accuracy", "drop-per-mac"]), default="accuracy", show_default=True,
+              help="accuracy (loss breaks ties), or accuracy lost per MAC saved.")
+@click.option("--to-smallest", is_flag=True, help="Slim all the way to the smallest config.")
+@click.option("--no-reuse", is_flag=True, help="Score every candidate from the input (the plain greedy loop).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--data-dir", type=click.Path(), help="Where the run's data lives now (default: as in training).")
+@click.option("--force", is_flag=True, help="Start over in an --out holding a search of other settings.")
+def search(run_dir, flops, params, out_dir, eval_batch, calibration_batches, criterion, to_smallest, no_reuse, device,
+           data_dir, force) -> None:
+    """Slim the supernet trained in RUN greedily and write a config for every budget.
+
+    Starting at the largest config, each step shrinks by one choice the unit whose removal costs the
+    least held-out accuracy. Every step is appended to SEARCH/trajectory.csv as it is made; re-running into
+    the same SEARCH resumes. MACs are those of conv and linear layers (the paper's "FLOPs").
+    """
+    from autoslim.budget import format_count
+    from autoslim.search import parse_targets
+    from autoslim.slimming import SearchSettings, search_run
+    from cli.console import console, progress, table
+
+    targets = parse_targets(flops, params)
+    settings = SearchSettings(run=str(run_dir), targets=tuple(t.label for t in targets), criterion=criterion,
+                              eval_batch=eval_batch, calibration_batches=calibration_batches, reuse=not no_reuse,
+                              to_smallest=to_smallest, device=device)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "search"
+    bar = progress()
+    state = {}
+
+    def on_start(facts):
+        largest, smallest = facts["largest"], facts["smallest"]
+        floor = facts["stop_macs"] if facts["stop_macs"] is not None else smallest.macs
+        state.update(start=largest.macs, floor=floor)
+        bar.start()
+        state["task"] = bar.add_task("search", total=max(1, largest.macs - floor), info="")
+        if facts["resumed"]:
+            console.print(f"resuming {out}: {facts['resumed']} trajectory points already made")
+        console.print(f"scoring on {facts['batch']} held-out images; {facts['candidates']} units can shrink; "
+                      f"{format_count(largest.macs)} -> {format_count(floor)} MACs")
+
+    def on_step(step):
+        done = min(state["start"] - state["floor"], max(0, state["start"] - step.macs))
+        bar.update(state["task"], completed=done,
+                   info=f"step {step.step}  {step.candidates} candidates  {format_count(step.macs)} MACs  "
+                        f"acc {step.accuracy:.3f}")
+
+    try:
+        result = search_run(settings, out, targets, data_dir=data_dir, force=force, on_start=on_start, on_step=on_step)
+    finally:
+        bar.stop()
+    rows = []
+    for label, step in result.picks.items():
+        base = result.baselines.get(label) or {}
+        rows.append([label, step.step, format_count(step.macs), format_count(step.params), f"{step.accuracy:.4f}",
+                     f"{base['width']:g}x" if base else "-", format_count(base["macs"]) if base else "-",
+                     f"{base['accuracy']:.4f}" if base else "-", f"configs/{label}.yaml"])
+    console.print(table(f"{out}: {len(result.steps) - 1} steps, {result.work['seconds']:.1f} s",
+                        ["target", "step", "MACs", "params", "accuracy", "uniform", "uniform MACs",
+                         "uniform acc", "config"], rows,
+                        justify_right={"step", "MACs", "params", "accuracy", "uniform MACs", "uniform acc"}))
+    console.print(f"Pareto plot: {out / 'pareto.png'}  (accuracy on the held-out search batch)")
