@@ -184,6 +184,8 @@ class DataBundle:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         device: torch.device | str | None = None,
+        start: int = 0,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass over a split in batches of normalised float32 images and int64 labels.
 
@@ -199,9 +201,14 @@ class DataBundle:
             generator: the CPU generator that drives shuffling and augmentation.
             drop_last: leave out the last batch if it is smaller than ``batch_size``.
             device: where the batches are made; None for the CPU.
+            start: skip the first ``start`` batches without making them (a resumed epoch); the random
+                numbers are drawn as for a whole pass, so the rest of the pass is unchanged.
+            shard: ``(rank, world)``: yield only this rank's share of every batch (positions
+                ``rank, rank + world, ...`` within it), ``batch_size / world`` images, for data-parallel
+                training; ``batch_size`` stays the global batch and must be a multiple of ``world``.
 
         Raises:
-            ValueError: for an unknown split or a batch size outside 1..len(split).
+            ValueError: for an unknown split, a batch size outside 1..len(split), a bad start or shard.
         """
         part = self.split(split)
         n = len(part)
@@ -211,12 +218,18 @@ class DataBundle:
         stop = n - n % batch_size if drop_last else n
         if part.images is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if augment else None
+            order, _, batch_size = _select(order, batch_size, stop, start, shard)
             return self._folder_batches(part, order, batch_size, drop_last, seed, device)
         offsets = flips = None
         if augment and (self._pad > 0 or self._flip):
             offsets = torch.randint(0, 2 * self._pad + 1, (n, 2), generator=generator)
             if self._flip:
                 flips = torch.rand(n, generator=generator) < 0.5
+        if start or shard is not None:
+            order, keep, batch_size = _select(order, batch_size, stop, start, shard)
+            offsets = None if offsets is None else offsets[keep]
+            flips = None if flips is None else flips[keep]
+            stop = len(order)
         return self._tensor_batches(part, order, batch_size, stop, offsets, flips, device)
 
     def _tensor_batches(
@@ -308,6 +321,23 @@ def _crop_flip(x: Tensor, offsets: Tensor, flips: Tensor | None, pad: int) -> Te
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     channel = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _select(
+    order: Tensor, batch_size: int, stop: int, start: int, shard: tuple[int, int] | None
+) -> tuple[Tensor, Tensor, int]:
+    """The positions of a pass from batch ``start`` on that belong to ``shard``: (order, positions, batch size)."""
+    rank, world = (0, 1) if shard is None else shard
+    if not (isinstance(world, int) and isinstance(rank, int) and 0 <= rank < world and batch_size % world == 0):
+        raise ValueError(f"shard {shard!r} must be (rank, world) with 0 <= rank < world and world dividing the "
+                         f"batch size {batch_size}")
+    batches = -(-stop // batch_size)
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= batches:
+        raise ValueError(f"start {start!r} must be a batch index in 0..{batches}")
+    positions = torch.arange(start * batch_size, stop)
+    if world > 1:
+        positions = positions[(positions % batch_size) % world == rank]
+    return order[positions], positions, batch_size // world
 
 
 def _check_batch_size(batch_size: int, n: int, split: str) -> None:

@@ -1,0 +1,108 @@
+"""``autoslim search`` end to end on a briefly trained digits supernet: files, targets, resume, bad input."""
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from autoslim.config import load_config
+from autoslim.search import parse_targets
+from autoslim.settings import resolve_settings
+from autoslim.slimming import SearchSettings, search_run, uniform_within
+from autoslim.spaces import build_supernet, load_space
+from autoslim.train import train_supernet
+from cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train_supernet(resolve_settings(load_space("digits_cnn"), epochs=1, device="cpu"), out)
+    return out
+
+
+def _rows(path):
+    with open(path) as stream:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(stream)]
+
+
+def test_search_writes_configs_meeting_each_target(run_dir, tmp_path):
+    out = tmp_path / "search"
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--flops", "500k", "--params", "50k",
+                                      "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in ("trajectory.csv", "pareto.csv", "pareto.png", "run.yaml", "summary.json",
+                 "configs/flops-2M.yaml", "configs/flops-500k.yaml", "configs/params-50k.yaml"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    supernet = build_supernet(load_space("digits_cnn"))
+    for label, limit in (("flops-2M", 2_000_000), ("flops-500k", 500_000)):
+        config = load_config(out / "configs" / f"{label}.yaml")
+        cost = supernet.cost(supernet.validate_config(config.channels))
+        assert cost.macs <= limit and config.cost["macs"] == cost.macs == summary["targets"][label]["macs"]
+        assert summary["targets"][label]["uniform"]["macs"] <= limit
+    assert supernet.cost(load_config(out / "configs" / "params-50k.yaml").channels).params <= 50_000
+    macs = [int(row["macs"]) for row in _rows(out / "trajectory.csv")]
+    assert all(b < a for a, b in zip(macs, macs[1:]))
+    assert "flops-500k" in result.output
+
+
+def test_killed_and_resumed_equals_uninterrupted(run_dir, tmp_path):
+    targets = parse_targets(["600k"], [])
+    settings = SearchSettings(run=str(run_dir), targets=("flops-600k",))
+    search_run(settings, tmp_path / "whole", targets)
+
+    def kill(step):
+        if step.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search_run(settings, tmp_path / "split", targets, on_step=kill)
+    assert len(_rows(tmp_path / "split" / "trajectory.csv")) == 5
+    search_run(settings, tmp_path / "split", targets)
+    assert _rows(tmp_path / "split" / "trajectory.csv") == _rows(tmp_path / "whole" / "trajectory.csv")
+
+
+def test_reuse_and_plain_search_agree(run_dir, tmp_path):
+    targets = parse_targets(["1M"], [])
+    fast = search_run(SearchSettings(run=str(run_dir)), tmp_path / "a", targets)
+    plain = search_run(SearchSettings(run=str(run_dir), reuse=False), tmp_path / "b", targets)
+    assert fast.steps == plain.steps
+    assert fast.work["macs_executed"] < plain.work["macs_executed"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--flops", "1k"], "reachable"),
+    (["--flops", "100M"], "already met"),
+    (["--flops", "12X"], "cannot read budget"),
+    ([], "give at least one target"),
+])
+def test_bad_targets(run_dir, tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--out", str(tmp_path / "s"), *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_other_settings_need_force(run_dir, tmp_path):
+    out = tmp_path / "s"
+    assert CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--out", str(out)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--out", str(out),
+                                      "--criterion", "drop-per-mac"])
+    assert result.exit_code == 1 and "--force" in result.output
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--out", str(out),
+                                      "--criterion", "drop-per-mac", "--force"])
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_run_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["search", str(tmp_path / "nothing"), "--flops", "1M"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+
+
+def test_uniform_within_is_the_widest_fitting_width():
+    supernet = build_supernet(load_space("resnet20_cifar"))
+    width, config = uniform_within(supernet, macs=30_000_000)
+    assert supernet.cost(config).macs <= 30_000_000
+    assert supernet.cost(supernet.uniform_config(width + 0.01)).macs > 30_000_000
+    assert uniform_within(supernet, macs=1000) is None

@@ -1,0 +1,86 @@
+"""Scoring candidates: the reuse path gives the plain loop's scores and trajectory with less work."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from autoslim.scoring import BatchScorer, batch_statistics
+from autoslim.search import greedy_search
+from autoslim.spaces import build_supernet, load_space
+from autoslim.supernet import convert
+
+
+class _GatedNet(nn.Module):
+    """Residual blocks with in-place activations and a squeeze-and-excitation gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.a = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(inplace=True),
+                               nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.se1 = nn.Conv2d(16, 8, 1)
+        self.se2 = nn.Conv2d(8, 16, 1)
+        self.b = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu_(x + self.a(x))
+        x = x * torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.b(x), 1), 1))
+
+
+def _trajectory(supernet, images, labels, reuse, **kwargs):
+    scorer = BatchScorer(supernet, images, labels, reuse=reuse, **kwargs)
+    choices = {u.name: u.choices for u in supernet.slimmable_units}
+    steps = list(greedy_search(supernet.largest_config(), choices, lambda c: tuple(supernet.cost(c)), scorer))
+    return steps, scorer
+
+
+@pytest.mark.parametrize("make", [
+    lambda: build_supernet(load_space("digits_cnn")),
+    lambda: convert(_GatedNet(), input_size=8, divisor=4),
+], ids=["digits_cnn", "gated"])
+def test_reuse_and_plain_give_identical_trajectories(make):
+    supernet = make().eval()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(48, supernet.in_channels, 8, 8, generator=generator)
+    labels = torch.randint(0, 10, (48,), generator=generator)
+    plain, plain_scorer = _trajectory(supernet, images, labels, reuse=False)
+    reused, reuse_scorer = _trajectory(supernet, images, labels, reuse=True)
+    uncached, _ = _trajectory(supernet, images, labels, reuse=True, cache_bytes=0)
+    assert plain == reused == uncached
+    assert plain[-1].config == supernet.smallest_config()
+    assert reuse_scorer.macs_executed < plain_scorer.macs_executed
+
+
+def test_plain_work_is_one_forward_per_candidate():
+    supernet = build_supernet(load_space("digits_cnn"))
+    images, labels = torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    scorer = BatchScorer(supernet, images, labels, reuse=False)
+    config = supernet.smallest_config()
+    scorer(config, [(None, config), (None, config)])
+    assert scorer.macs_executed == 2 * 4 * supernet.cost(config).macs
+
+
+def test_batch_statistics_leaves_running_stats_alone():
+    supernet = build_supernet(load_space("digits_cnn"))
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    supernet.train()
+    with batch_statistics(supernet), torch.no_grad():
+        supernet(torch.randn(16, 1, 8, 8) * 5 + 3)
+    assert supernet.training
+    for key, value in supernet.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_scorer_restores_the_supernet_config():
+    supernet = build_supernet(load_space("digits_cnn"))
+    config = supernet.sample_config(random.Random(0))
+    supernet.set_config(config)
+    scorer = BatchScorer(supernet, torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    largest = supernet.largest_config()
+    scorer(largest, [(None, largest)])
+    assert supernet.config == config
