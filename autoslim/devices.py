@@ -50,6 +50,8 @@ class ProcessGroup:
             return cls(dist.get_rank(), dist.get_world_size())
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # each rank's NCCL communicator on its own GPU
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), owned=True)
 

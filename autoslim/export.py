@@ -1,23 +1,44 @@
-"""Static export: a plain network holding copies of the supernet's weights sliced to one config.
+"""Exports: a plain network holding copies of the supernet's weights sliced to one config, and its files.
 
 ``materialize(supernet, config)`` returns the model's own class with every slim layer replaced by the
 plain torch layer of the active width, so it runs and saves without autoslim. For the same config and
 BatchNorm statistics its output equals the supernet's.
+
+``autoslim export-config`` (:func:`export_search`) reopens a SEARCH, takes the config of a target (the
+first trajectory point meeting it, AutoSlim section 3.3) or of a step, writes it as a config file and,
+on request, the standalone network as TorchScript, a ``torch.export`` program or ONNX, each checked to
+reproduce the supernet at that config before it is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Mapping
+import importlib.util
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from .calibrate import recalibrate
+from .checkpoint import CHECKPOINT_NAME, Run, load_run
+from .config import ChannelConfig, load_config, save_config
+from .io import atomic_write, read_yaml
+from .search import Target, pick, read_trajectory
 from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from .supernet import Supernet
 
-__all__ = ["materialize", "to_static"]
-
+__all__ = ["materialize", "to_static", "ExportCheck", "export_torchscript", "export_program", "export_onnx",
+           "require_onnx", "ONNX_PACKAGES", "search_run_dir", "search_config", "calibrated_static", "ExportResult",
+           "export_search"]
 
 def materialize(supernet: Supernet, config: Mapping[str, int] | None = None) -> nn.Module:
     """A plain ``nn.Module`` with copies of ``supernet``'s weights sliced to ``config`` (default: current).
@@ -74,3 +95,335 @@ def to_static(module: nn.Module) -> nn.Module:
         return module
     plain.train(module.training)
     return plain
+
+
+# -- standalone files -----------------------------------------------------------------------------
+
+# Of the largest output magnitude. Other float32 kernels (TorchScript, ONNX Runtime) differ by ~1e-6 of it; a
+# wrong weight, channel or BatchNorm statistic by orders of magnitude more.
+_TOLERANCE = 1e-4
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """How an exported file was checked against the supernet.
+
+    Attributes:
+        path: the file written.
+        format: ``torchscript``, ``torch.export`` or ``onnx``.
+        images: images of the check batch (the file was also run on a batch of one).
+        max_abs_diff: the largest absolute difference between its outputs and the supernet's.
+    """
+
+    path: Path
+    format: str
+    images: int
+    max_abs_diff: float
+
+
+def _compare(outputs: Tensor, reference: Tensor, what: str) -> float:
+    """The largest absolute difference; raises if it exceeds ``_TOLERANCE`` of the largest output magnitude."""
+    outputs, reference = torch.as_tensor(outputs).float(), reference.detach().float()
+    if outputs.shape != reference.shape:
+        raise RuntimeError(f"{what} gives outputs of shape {tuple(outputs.shape)}, the supernet "
+                           f"{tuple(reference.shape)}; nothing was written")
+    if not reference.numel():
+        return 0.0
+    worst = float((outputs - reference).abs().max())
+    allowed = _TOLERANCE * max(1.0, float(reference.abs().max()))
+    if not worst <= allowed:  # also false for NaN
+        raise RuntimeError(f"{what} does not reproduce the supernet: outputs differ by up to {worst:.3g} "
+                           f"(allowed {allowed:.3g}); nothing was written")
+    return worst
+
+
+def _check_runs(run: Callable[[Tensor], Tensor], images: Tensor, reference: Tensor, what: str) -> float:
+    """Compare ``run`` with the reference on the whole batch and on its first image alone (a batch of one)."""
+    with torch.no_grad():
+        worst = _compare(run(images), reference, what)
+        return max(worst, _compare(run(images[:1]), reference[:1], f"{what} (batch of one)"))
+
+
+def export_torchscript(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
+                       metadata: Mapping[str, Any] | None = None) -> ExportCheck:
+    """Trace ``model`` to TorchScript, check the file reproduces ``reference`` on ``images``, then write it.
+
+    The file loads with ``torch.jit.load`` alone (no autoslim, no model code) and takes any batch size.
+    ``metadata`` is stored as the extra file ``autoslim.json``.
+
+    Raises:
+        RuntimeError: the traced model's outputs differ from ``reference`` (nothing is written).
+    """
+    model = model.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        traced = torch.jit.trace(model, images, check_trace=False)
+        torch.jit.save(traced, buffer, _extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
+        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
+    atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
+    return ExportCheck(Path(path), "torchscript", len(images), worst)
+
+
+def export_program(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
+                   metadata: Mapping[str, Any] | None = None) -> ExportCheck:
+    """Export ``model`` with ``torch.export`` (dynamic batch), check it reproduces ``reference``, then write it.
+
+    The file loads with ``torch.export.load(path).module()`` alone. ``metadata`` is stored as the extra file
+    ``autoslim.json``.
+
+    Raises:
+        RuntimeError: the exported program's outputs differ from ``reference`` (nothing is written).
+    """
+    model = model.eval()
+    program = torch.export.export(model, (images,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
+    buffer.seek(0)
+    loaded = torch.export.load(buffer).module()
+    worst = _check_runs(loaded, images, reference, f"the exported program {path}")
+    atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
+    return ExportCheck(Path(path), "torch.export", len(images), worst)
+
+
+def require_onnx() -> None:
+    """Check the packages of the ``onnx`` extra are installed.
+
+    Raises:
+        RuntimeError: one line naming the missing packages and the install command.
+    """
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(f"ONNX export needs {', '.join(missing)} (not installed): "
+                           "pip install 'autoslim[onnx]'")
+
+
+def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
+                metadata: Mapping[str, Any] | None = None) -> ExportCheck:
+    """Export ``model`` to ONNX (dynamic batch), check it with onnxruntime against ``reference``, then write it.
+
+    Needs the ``onnx`` extra (onnx, onnxscript, onnxruntime). ``metadata`` becomes the model's
+    ``autoslim`` metadata property (JSON).
+
+    Raises:
+        RuntimeError: a package is missing, or the ONNX model's outputs differ from ``reference`` (nothing
+            is written).
+    """
+    require_onnx()
+    import onnxruntime
+
+    model = model.eval()
+    with tempfile.TemporaryDirectory(prefix="autoslim-onnx-") as folder:
+        temporary = os.path.join(folder, "model.onnx")
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
+            program = torch.onnx.export(model, (images,), input_names=["images"], output_names=["logits"],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                        verbose=False)
+            program.model.metadata_props["autoslim"] = json.dumps(dict(metadata or {}))
+            program.save(temporary)
+        session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run(batch: Tensor) -> Tensor:
+            return torch.from_numpy(session.run(None, {name: batch.cpu().numpy()})[0])
+
+        worst = _check_runs(run, images, reference, f"the ONNX model {path}")
+        with open(temporary, "rb") as source:
+            atomic_write(path, lambda stream: shutil.copyfileobj(source, stream))
+    return ExportCheck(Path(path), "onnx", len(images), worst)
+
+
+# -- a SEARCH's configs, exported -----------------------------------------------------------------
+
+
+def search_run_dir(search_dir: str | os.PathLike) -> Path:
+    """The supernet run a SEARCH directory was made from (its ``run.yaml`` names it).
+
+    A relative run path that does not resolve from here is looked for beside the SEARCH (the default
+    SEARCH is ``RUN/search``).
+
+    Raises:
+        FileNotFoundError: ``search_dir`` is not a SEARCH, or its run is nowhere to be found.
+    """
+    search = Path(search_dir)
+    if not (search / "trajectory.csv").is_file():
+        raise FileNotFoundError(f"{search}: no trajectory.csv here; a SEARCH directory is made by "
+                                "`autoslim search RUN --flops BUDGET --out SEARCH`")
+    settings = read_yaml(search / "run.yaml") if (search / "run.yaml").is_file() else {}
+    named = Path(str(settings.get("run"))) if isinstance(settings, dict) and settings.get("run") else None
+    for candidate in (named, search.parent):
+        if candidate is not None and (candidate / CHECKPOINT_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(f"{search}: its supernet run {named or '(unnamed)'} holds no {CHECKPOINT_NAME}; run this "
+                            "command from the directory the search ran in, or restore the run")
+
+
+def search_config(search_dir: str | os.PathLike, run: Run, *, target: Target | None = None,
+                  step: int | None = None) -> tuple[str, ChannelConfig]:
+    """The config of a search at ``target`` (its first trajectory point meeting it) or at trajectory ``step``.
+
+    Targets the search was given and targets it was not are treated alike: the trajectory is the product,
+    and each target takes the first point at or under it.
+
+    Args:
+        search_dir: the SEARCH directory.
+        run: its supernet run (:func:`autoslim.checkpoint.load_run` of :func:`search_run_dir`).
+        target: a budget; exactly one of ``target`` and ``step``.
+        step: a trajectory step (0 is the largest config).
+
+    Returns:
+        A label (``flops-300M``, ``step-41``) and the config, with its cost and source.
+
+    Raises:
+        ValueError: no point meets the target (the search stopped before it), the step is not in the
+            trajectory, or the trajectory does not fit the run's supernet.
+    """
+    if (target is None) == (step is None):
+        raise ValueError("give exactly one of a target (--flops, --params) or a trajectory step (--step)")
+    search = Path(search_dir)
+    supernet = run.supernet
+    steps = read_trajectory(search / "trajectory.csv", supernet.largest_config())
+    if target is not None:
+        point, label = pick(steps, target), target.label
+    else:
+        if not 0 <= step < len(steps):
+            raise ValueError(f"--step {step}: the trajectory of {search} has steps 0 to {len(steps) - 1}")
+        point, label = steps[step], f"step-{step}"
+    try:
+        channels = supernet.validate_config(point.config)
+    except ValueError as error:
+        raise ValueError(f"{search}/trajectory.csv does not fit the supernet of {run.path}: {error}") from None
+    cost = supernet.cost(channels)
+    source = {"search": str(search.resolve()), "run": str(run.path.resolve()), "step": point.step,
+              "target": {target.kind: target.value} if target is not None else None, "score": point.accuracy}
+    return label, ChannelConfig(space=run.settings.space, channels=channels, space_options=dict(run.space_options),
+                                cost={"macs": cost.macs, "params": cost.params,
+                                      "input_size": run.space_options.get("input_size")},
+                                source=source)
+
+
+def calibrated_static(run: Run, config: Mapping[str, int], data: Any) -> nn.Module:
+    """The static network of ``config`` with the supernet's weights and BatchNorm statistics recalibrated for it.
+
+    Recalibration is the one training uses before evaluating a config (``calib_batches`` shuffled training
+    batches of ``eval_batch_size`` images, the same seed), so the result is reproducible. The supernet is
+    left at ``config`` with those statistics, in eval mode.
+    """
+    from .sandwich import derive_seed
+
+    settings, supernet = run.settings, run.supernet
+    supernet.set_config(supernet.validate_config(config))
+    generator = torch.Generator().manual_seed(derive_seed("calibration", settings.seed))
+    size = min(settings.eval_batch_size, len(data.train))
+    recalibrate(supernet, data.batches("train", size, shuffle=True, generator=generator, device=run.device),
+                settings.calib_batches)
+    supernet.eval()
+    return materialize(supernet).eval()
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_search` wrote.
+
+    Attributes:
+        label: the target's label (``flops-300M``) or ``step-N``.
+        config: the config written.
+        config_path: where.
+        checks: one per model file written, in the order written.
+    """
+
+    label: str
+    config: ChannelConfig
+    config_path: Path
+    checks: list[ExportCheck] = field(default_factory=list)
+
+
+_FORMATS = {".pt2": ("torch.export", export_program)}
+
+
+def export_search(search_dir: str | os.PathLike, *, target: Target | None = None, step: int | None = None,
+                  out: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
+                  onnx: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                  force: bool = False, check_images: int = 64) -> ExportResult:
+    """Write the config of a search at a target or step, and on request the standalone network.
+
+    ``model`` is written as TorchScript, or as a ``torch.export`` program when it ends in ``.pt2``; ``onnx``
+    as ONNX. Each holds the supernet's weights sliced to the config and BatchNorm statistics recalibrated
+    for it (see :func:`calibrated_static`), with metadata (config, cost, input normalisation, classes), and
+    is written only after its outputs were checked to equal the supernet's at the config, in eval mode,
+    on ``check_images`` test images and on a batch of one.
+
+    Args:
+        search_dir: the SEARCH directory.
+        target: a budget (the first trajectory point meeting it); or
+        step: a trajectory step.
+        out: the config file (default ``SEARCH/configs/LABEL.yaml``).
+        model: TorchScript (``.pt``) or ``torch.export`` (``.pt2``) file to write.
+        onnx: ONNX file to write (needs the ``onnx`` extra).
+        data_dir: where the run's data lives now (default: as in training); needed for a model file.
+        force: overwrite existing files.
+        check_images: test images of the check batch.
+
+    Raises:
+        FileNotFoundError: no SEARCH, run or data where they were looked for.
+        ValueError: a target no trajectory point meets, a step outside the trajectory, files that exist
+            (without ``force``).
+        RuntimeError: the ONNX packages are missing, or an export does not reproduce the supernet.
+    """
+    if onnx is not None:
+        require_onnx()
+    search = Path(search_dir)
+    run = load_run(search_run_dir(search), device="cpu")
+    label, config = search_config(search, run, target=target, step=step)
+    config_path = Path(out) if out is not None else search / "configs" / f"{label}.yaml"
+    _check_writable(config_path, force, same=lambda: _same_config(config_path, config))
+    files = [Path(p) for p in (model, onnx) if p is not None]
+    for path in files:
+        _check_writable(path, force)
+    if len(set(files + [config_path])) < len(files) + 1:
+        raise ValueError("the config, --model and --onnx files must be different files")
+    result = ExportResult(label, config, config_path)
+    if files:
+        data = run.load_data(data_dir=data_dir)
+        static = calibrated_static(run, config.channels, data)
+        images = next(iter(data.batches("test", min(check_images, len(data.test)), device=run.device)))[0]
+        with torch.no_grad():
+            reference = run.supernet(images)
+        metadata = _metadata(config, data)
+        if model is not None:
+            _, write = _FORMATS.get(Path(model).suffix, ("torchscript", export_torchscript))
+            result.checks.append(write(static, images, reference, model, metadata=metadata))
+        if onnx is not None:
+            result.checks.append(export_onnx(static, images, reference, onnx, metadata=metadata))
+    save_config(config_path, config)
+    return result
+
+
+def _check_writable(path: Path, force: bool, same: Callable[[], bool] | None = None) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name")
+    if path.exists() and not force and not (same is not None and same()):
+        raise ValueError(f"{path} exists; pass --force to overwrite it, or choose another file")
+
+
+def _same_config(path: Path, config: ChannelConfig) -> bool:
+    """Whether ``path`` already holds ``config`` (rewriting it then changes nothing a user made)."""
+    try:
+        found = load_config(path)
+    except (ValueError, FileNotFoundError):
+        return False
+    return found.space == config.space and found.channels == config.channels
+
+
+def _metadata(config: ChannelConfig, data: Any) -> dict[str, Any]:
+    """What a deployed model needs to know: its config and cost, and how to prepare its input."""
+    from . import __version__
+
+    return {"format": "autoslim-model/1", "autoslim": __version__, **config.to_dict(),
+            "input": {"shape": [data.in_channels, data.image_size, data.image_size], "dtype": "float32",
+                      "normalize": "(pixel / 255 - mean) / std, per channel", "mean": list(data.mean),
+                      "std": list(data.std)},
+            "classes": list(data.classes) if data.classes is not None else None}

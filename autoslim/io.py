@@ -14,6 +14,9 @@ from typing import Any, Callable, IO
 
 __all__ = ["atomic_write", "write_text", "write_json", "write_yaml", "read_yaml"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -29,6 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(temporary, path)
     except BaseException:
         try:

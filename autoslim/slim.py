@@ -3,7 +3,9 @@
 Each layer is a subclass of its torch counterpart. The supernet sets the active channel counts from
 outside (:meth:`set_active`); ``forward`` only slices the parameters (and BatchNorm running statistics)
 to those prefixes and calls the functional op. Slices of a contiguous parameter along its first
-dimension are views, so a layer at full width runs exactly the plain op.
+dimension are views, so a layer at full width runs exactly the plain op. Every slice is written as a tuple
+index (``[:k, ...]``): at the full count torch then makes an alias instead of a slice, whose backward passes
+the gradient through instead of scattering it into a fresh full-size zero tensor.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class SlimConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight[: self.active_out, : self._weight_in]
-        bias = None if self.bias is None else self.bias[: self.active_out]
+        bias = None if self.bias is None else self.bias[: self.active_out, ...]
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.active_groups)
@@ -69,7 +71,7 @@ class SlimLinear(nn.Linear):
         self.active_in, self.active_out = in_features, out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias[: self.active_out]
+        bias = None if self.bias is None else self.bias[: self.active_out, ...]
         return F.linear(x, self.weight[: self.active_out, : self.active_in], bias)
 
 
@@ -99,10 +101,10 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         track = not self.training or self.track_running_stats
         return F.batch_norm(
             x,
-            self.running_mean[:k] if track and self.running_mean is not None else None,
-            self.running_var[:k] if track and self.running_var is not None else None,
-            None if self.weight is None else self.weight[:k],
-            None if self.bias is None else self.bias[:k],
+            self.running_mean[:k, ...] if track and self.running_mean is not None else None,
+            self.running_var[:k, ...] if track and self.running_var is not None else None,
+            None if self.weight is None else self.weight[:k, ...],
+            None if self.bias is None else self.bias[:k, ...],
             use_batch_stats,
             momentum,
             self.eps,

@@ -226,7 +226,7 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
         step = result.picks[target.label]
         path = out / "configs" / f"{target.label}.yaml"
         save_config(path, ChannelConfig(
-            space=run.space.name, channels=step.config, space_options=space_options,
+            space=run.settings.space, channels=step.config, space_options=space_options,
             cost={"macs": step.macs, "params": step.params, "input_size": space_options.get("input_size")},
             source={"search": str(out), "run": settings.run, "step": step.step,
                     "target": {target.kind: target.value}, "score": step.accuracy}))

@@ -316,18 +316,28 @@ class _Trainer:
     def _elapsed(self) -> float:
         return self.seconds + time.perf_counter() - self._session
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:  # e.g. a full disk: the atomic writes kept the previous files
+            raise RuntimeError(f"cannot write to {self.out}: {error.strerror or error}; the previous checkpoint is "
+                               "kept, so free some space and run the same command again to resume") from error
+
     def _save(self) -> None:
         if self.processes.main:
-            save_checkpoint(self.out / CHECKPOINT_NAME, self._state())
+            with self._writing():
+                save_checkpoint(self.out / CHECKPOINT_NAME, self._state())
+                write_json(self.out / "summary.json", self._summary())
             self._write_metrics()
-            write_json(self.out / "summary.json", self._summary())
 
     def _write_metrics(self) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_text(self.out / "metrics.csv", buffer.getvalue())
+        with self._writing():
+            write_text(self.out / "metrics.csv", buffer.getvalue())
 
     def _summary(self) -> dict[str, Any]:
         largest, smallest = self.supernet.cost(self.largest), self.supernet.cost(self.smallest)

@@ -4,8 +4,9 @@ For each space and config: one training step (zero_grad, forward, cross-entropy,
 the supernet set to the config, against the same step of ``materialize(supernet, config)`` on the same
 batch, each with the optimizer the trainer uses (:func:`autoslim.sandwich.build_optimizer`). The steps run
 in strictly alternating pairs (which one goes first alternates too) and the figure is the median of the
-per-pair ratios. The optimizer step is timed separately as well: the supernet's runs over the full-size
-parameters whatever the config.
+per-pair ratios. "fastest" is the ratio of the two fastest steps, steadier where other jobs share the
+machine; the control row times the static step against a copy of itself (the noise floor). The optimizer
+step is timed separately as well: the supernet's runs over the full-size parameters whatever the config.
 
 Then a whole sandwich step (largest, smallest and two random configs, in-place distillation, one optimizer
 step) against the sum of the steps of its four static subnets.
@@ -18,6 +19,7 @@ Targets: at most 1.03 for the worst config, at most 1.05 for the sandwich. Figur
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import time
@@ -52,14 +54,16 @@ def _timed(fn: Callable[[], object]) -> float:
     return _clock() - start
 
 
-def _pairs(first: Callable[[], object], second: Callable[[], object], budget: float, lo: int, hi: int) -> list[float]:
-    """Ratios first/second over alternating pairs; as many pairs as fit ``budget`` seconds (within lo..hi)."""
+def _pairs(first: Callable[[], object], second: Callable[[], object], budget: float, lo: int, hi: int
+           ) -> tuple[list[float], float]:
+    """Ratios first/second over alternating pairs (as many as fit ``budget`` seconds, within lo..hi), and the
+    ratio of the two fastest times (steadier where other jobs share the machine)."""
     for _ in range(2):  # warm-up: allocator, oneDNN primitives of these shapes
         first()
         second()
     estimate = _timed(first) + _timed(second)
     count = max(lo, min(hi, int(budget / max(estimate, 1e-6))))
-    ratios = []
+    ratios, fastest = [], [math.inf, math.inf]
     for i in range(count):
         if i % 2 == 0:
             a = _timed(first)
@@ -68,7 +72,8 @@ def _pairs(first: Callable[[], object], second: Callable[[], object], budget: fl
             b = _timed(second)
             a = _timed(first)
         ratios.append(a / b)
-    return ratios
+        fastest = [min(fastest[0], a), min(fastest[1], b)]
+    return ratios, fastest[0] / fastest[1]
 
 
 def _configs(supernet: Supernet, count: int, seed: int) -> list[tuple[str, dict[str, int]]]:
@@ -97,8 +102,8 @@ def bench_space(name: str, args: argparse.Namespace) -> None:
     full = supernet.cost()
     print(f"\n{name}: batch {batch_size}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"largest {full.macs / 1e6:.1f}M MACs, {full.params / 1e6:.2f}M params")
-    print(f"{'config':<16} {'MACs':>8} {'static ms':>10} {'ratio':>7} {'p25':>6} {'p75':>6} {'opt super':>10} "
-          f"{'opt static':>10} {'pairs':>5}")
+    print(f"{'config':<16} {'MACs':>8} {'static ms':>10} {'ratio':>7} {'p25':>6} {'p75':>6} {'fastest':>8} "
+          f"{'opt super':>10} {'opt static':>10} {'pairs':>5}")
     worst = 0.0
     super_optimizer = build_optimizer(supernet, settings)
     for label, config in _configs(supernet, args.configs, args.seed):
@@ -113,15 +118,24 @@ def bench_space(name: str, args: argparse.Namespace) -> None:
         def run_static():
             opt_times["static"].append(_step(static, static_optimizer, x, y))
 
-        ratios = _pairs(run_super, run_static, args.seconds, args.min_pairs, args.max_pairs)
+        ratios, fastest = _pairs(run_super, run_static, args.seconds, args.min_pairs, args.max_pairs)
         static_ms = statistics.median(_timed(run_static) for _ in range(3)) * 1e3
         q = statistics.quantiles(ratios, n=4)
         median = statistics.median(ratios)
         worst = max(worst, median)
         print(f"{label:<16} {supernet.cost(config).macs / 1e6:>7.1f}M {static_ms:>10.1f} {median:>7.3f} {q[0]:>6.3f} "
-              f"{q[2]:>6.3f} {statistics.median(opt_times['super']) * 1e3:>8.2f}ms "
+              f"{q[2]:>6.3f} {fastest:>8.3f} {statistics.median(opt_times['super']) * 1e3:>8.2f}ms "
               f"{statistics.median(opt_times['static']) * 1e3:>8.2f}ms {len(ratios):>5}")
     print(f"worst config: {worst:.3f} (target <= 1.03)")
+    if args.control:  # the same static step against a copy of itself: the noise floor of these figures
+        config = supernet.smallest_config()
+        first, second = (materialize(supernet, config).train() for _ in range(2))
+        optimizers = [build_optimizer(m, settings) for m in (first, second)]
+        ratios, fastest = _pairs(lambda: _step(first, optimizers[0], x, y), lambda: _step(second, optimizers[1], x, y),
+                                 args.seconds, args.min_pairs, args.max_pairs)
+        q = statistics.quantiles(ratios, n=4)
+        print(f"control, static vs its copy (smallest): {statistics.median(ratios):.3f} "
+              f"[p25 {q[0]:.3f}, p75 {q[2]:.3f}, fastest {fastest:.3f}, {len(ratios)} pairs]")
 
     for draw in range(args.sandwiches):
         configs = sandwich_configs(supernet, 4, subnet_rng(args.seed, 0, draw))
@@ -137,11 +151,11 @@ def bench_space(name: str, args: argparse.Namespace) -> None:
             for model, optimizer in zip(statics, static_optimizers):
                 _step(model, optimizer, x, y)
 
-        ratios = _pairs(run_sandwich, run_statics, args.seconds, args.min_pairs, args.max_pairs)
+        ratios, fastest = _pairs(run_sandwich, run_statics, args.seconds, args.min_pairs, args.max_pairs)
         q = statistics.quantiles(ratios, n=4)
         macs = "+".join(f"{supernet.cost(c).macs / 1e6:.0f}" for c in configs)
         print(f"sandwich {draw + 1} ({macs}M MACs): {statistics.median(ratios):.3f} "
-              f"[p25 {q[0]:.3f}, p75 {q[2]:.3f}, {len(ratios)} pairs] (target <= 1.05)")
+              f"[p25 {q[0]:.3f}, p75 {q[2]:.3f}, fastest {fastest:.3f}, {len(ratios)} pairs] (target <= 1.05)")
 
 
 def main() -> None:
@@ -156,6 +170,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the static-vs-static control that shows the noise floor")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: the process's CPU time, steadier on a machine shared with other jobs (use --threads 1)")
     args = parser.parse_args()

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -26,7 +27,7 @@ error_console = Console(stderr=True, highlight=False, width=_width())
 
 def error(message: str) -> None:
     """One red line on stderr."""
-    error_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    error_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, justify_right: set[str] | None = None) -> Table:

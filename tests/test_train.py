@@ -261,6 +261,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, space, monk
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, space, monkeypatch):
+    import autoslim.checkpoint
+
+    settings = resolve_settings(space, epochs=2, num_subnets=2, **FAST)
+    out, saves, real_save = tmp_path / "full", [], torch.save
+
+    def disk_fills_up(state, stream):
+        saves.append(1)
+        if len(saves) == 2:
+            stream.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        real_save(state, stream)
+
+    monkeypatch.setattr(autoslim.checkpoint.torch, "save", disk_fills_up)
+    with pytest.raises(RuntimeError, match="No space left on device; the previous checkpoint is kept"):
+        train_supernet(settings, out)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary file left behind
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_processes_end_with_identical_weights(tmp_path):
     script = tmp_path / "worker.py"
@@ -353,3 +373,10 @@ def test_another_space_or_settings_in_the_run_need_force(tmp_path, finished_run)
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((out / "run.yaml").read_text())["batch_size"] == 64
     assert load_checkpoint(out / "checkpoint.pt")["settings"]["num_subnets"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["train-supernet", "--space", "digits_cnn", "--device", "cuda",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "CUDA is not available here" in result.output

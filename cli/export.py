@@ -1,0 +1,51 @@
+"""``autoslim export-config``: the config of a search at a budget or step, and the standalone network."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["export_config"]
+
+
+@click.command("export-config")
+@click.argument("search_dir", metavar="SEARCH", type=click.Path(file_okay=False))
+@click.option("--flops", metavar="BUDGET", help="MACs target (300M, 1.2G, 3e8): the first trajectory point within it.")
+@click.option("--params", metavar="BUDGET", help="Parameter target (2M, 450k).")
+@click.option("--step", type=click.IntRange(min=0), help="A trajectory step instead of a target (0 = largest).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Config file to write [default: SEARCH/configs/LABEL.yaml].")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Also write the static network: TorchScript (model.pt) or torch.export (model.pt2).")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False),
+              help="Also write it as ONNX (needs the onnx extra: pip install 'autoslim[onnx]').")
+@click.option("--data-dir", type=click.Path(), help="Where the run's data lives now (default: as in training).")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def export_config(search_dir, flops, params, step, out_path, model_path, onnx_path, data_dir, force) -> None:
+    """Write the channel config that SEARCH found for a budget (or at a trajectory step).
+
+    A budget takes the first trajectory point within it, whether or not the search was given it.
+    --model and --onnx write the network with the supernet's weights sliced to the config and BatchNorm
+    statistics recalibrated for it, loadable with plain torch / onnxruntime; each file is checked to give
+    the supernet's outputs at the config before it is written.
+    """
+    if sum(value is not None for value in (flops, params, step)) != 1:
+        raise click.UsageError("give exactly one of --flops, --params or --step")
+    from autoslim.budget import format_count
+    from autoslim.export import export_search
+    from autoslim.search import parse_targets
+    from cli.console import console, table
+
+    target = parse_targets([flops] if flops else [], [params] if params else [])[0] if step is None else None
+    with console.status("exporting" if model_path or onnx_path else "reading the search"):
+        result = export_search(search_dir, target=target, step=step, out=out_path, model=model_path, onnx=onnx_path,
+                               data_dir=data_dir, force=force)
+    config = result.config
+    console.print(table(f"{result.label}: trajectory step {config.source['step']} of {search_dir}",
+                        ["space", "MACs", "params", "search accuracy", "config"],
+                        [[config.space, format_count(config.cost["macs"]), format_count(config.cost["params"]),
+                          f"{config.source['score']:.4f}", str(result.config_path)]],
+                        justify_right={"MACs", "params", "search accuracy"}))
+    for check in result.checks:
+        console.print(f"{check.path}: {check.format}, checked: its outputs equal the supernet's at this config "
+                      f"(recalibrated BatchNorm, eval mode) on {check.images} test images and on a batch of one, "
+                      f"max |difference| {check.max_abs_diff:.2g}")

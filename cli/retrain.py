@@ -1,0 +1,111 @@
+"""``autoslim retrain``: train a searched network from scratch, optionally beside the uniform-width one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+__all__ = ["retrain"]
+
+
+@click.command()
+@click.argument("config", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the space recipe's full run).")
+@click.option("--dataset", help="Dataset (default: the supernet run's, else the space's).")
+@click.option("--data-dir", type=click.Path(), help="Where the dataset lives (default: the supernet run's).")
+@click.option("--download", is_flag=True, help="Let torchvision download the dataset.")
+@click.option("--batch-size", type=int, help="Batch size (default: the recipe's; the lr scales with it).")
+@click.option("--lr", type=float, help="Peak learning rate (default: the recipe's, scaled by the batch size).")
+@click.option("--seed", type=int, help="Seed of initialisation, split and data order (default: the supernet run's).")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--log-every", type=int, help="Steps between rows of metrics.csv (default 50).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory [default: runs/retrain/CONFIG].")
+@click.option("--resume", is_flag=True, help="Continue the retraining in --out with its own settings.")
+@click.option("--force", is_flag=True, help="Start over even if --out holds another retraining.")
+@click.option("--baseline", type=click.Choice(["uniform"]),
+              help="Also train the uniform-width network of at most the config's MACs (in OUT/uniform).")
+@click.option("--joint", multiple=True, metavar="CONFIG", type=click.Path(dir_okay=False),
+              help="Train this config with CONFIG.yaml as one network, one BatchNorm per config; repeatable.")
+def retrain(config, epochs, dataset, data_dir, download, batch_size, lr, seed, device, log_every, out_dir, resume, force,
+            baseline, joint) -> None:
+    """Build the network of CONFIG.yaml with fresh weights, train it from scratch and test it.
+
+    It trains with the space's full recipe on the data and split of the supernet run the config came
+    from. Writes checkpoint.pt, metrics.csv, run.yaml and summary.json into --out; re-running into it
+    resumes, and Ctrl-C saves a checkpoint first.
+    """
+    if baseline and joint:
+        raise click.UsageError("--baseline compares one config with the uniform network; drop it or --joint")
+    from autoslim.retrain import resolve_retrain
+    from autoslim.retrain import retrain as run_retrain
+
+    settings = resolve_retrain(config, joint=joint, baseline=baseline, epochs=epochs, dataset=dataset,
+                               data_dir=data_dir, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                               log_every=log_every)
+    out = out_dir or os.path.join("runs", "retrain", Path(config).stem)
+
+    from cli.console import console, progress
+
+    bar = progress()  # shown once training starts, so errors while loading stay one line
+    tasks: dict[str, int] = {}
+
+    def report(network, r) -> None:
+        if r.kind == "start":
+            if not tasks:
+                bar.start()
+            tasks[network] = bar.add_task(f"{network} {r.epoch}/{r.epochs}", total=r.total_steps, completed=r.step,
+                                          info="")
+            if r.step >= r.total_steps:
+                bar.console.print(f"the {network} network is already trained ({r.epochs} epochs); --force trains "
+                                  "it again")
+            elif r.values["resumed"]:
+                bar.console.print(f"resuming the {network} network at epoch {r.epoch}, step {r.step} of "
+                                  f"{r.total_steps}")
+        elif r.kind == "step":
+            bar.update(tasks[network], completed=r.step, description=f"{network} {r.epoch}/{r.epochs}")
+        elif r.kind == "log":
+            bar.update(tasks[network], info=f"loss {r.values['loss']:.3f}  {r.values['images_per_second']:,.0f} img/s")
+        elif r.kind == "epoch":
+            accuracies = "  ".join(f"{name} {value:.4f}" for name, value in r.values.items())
+            bar.console.print(f"{network} epoch {r.epoch:>3}/{r.epochs}  test accuracy: {accuracies}")
+
+    try:
+        result = run_retrain(settings, out, resume=resume, force=force, download=download, callback=report)
+    finally:
+        bar.stop()
+    ctx = click.get_current_context()
+    typed = {name for name in ctx.params if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    for key, (theirs, given) in result.ignored.items():
+        if key in typed:
+            console.print(f"[yellow]note:[/] kept the retraining's {key}={theirs!r} (given {given!r}); --force "
+                          "starts over")
+    if result.interrupted:
+        console.print(f"interrupted: checkpoint saved in {out}; run the same command again to resume")
+        raise click.exceptions.Exit(130)
+    _print_summary(result, out)
+
+
+def _print_summary(result, out: str) -> None:
+    import pandas as pd
+
+    from autoslim.budget import format_count
+    from cli.console import console, print_frame
+
+    summary = result.summary
+    rows = [[entry["network"], format_count(entry["macs"]), format_count(entry["params"]), _fmt(entry["accuracy"]),
+             _fmt(entry["loss"])] for entry in summary.get("joint") or [dict(summary, network="searched")]]
+    if result.baseline is not None:
+        base = result.baseline
+        rows.append([f"uniform {base['width']:g}x", format_count(base["macs"]), format_count(base["params"]),
+                     _fmt(base["accuracy"]), _fmt(base["loss"])])
+    frame = pd.DataFrame(rows, columns=["network", "MACs", "params", "test accuracy", "test loss"])
+    print_frame(frame, title=f"{summary['space']} retrained on {summary['dataset']}, {summary['epochs']} epochs",
+                right={"MACs", "params", "test accuracy", "test loss"})
+    seconds = summary["seconds"] + (result.baseline["seconds"] if result.baseline else 0)
+    console.print(f"{seconds:.1f} s on {summary['device']}; saved in {out}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
