@@ -3,7 +3,8 @@
 :func:`run_demo` is what ``autoslim demo`` runs: it trains a ``digits_cnn`` supernet, searches it at three
 budgets (the MACs of the uniform 1.0x, 0.75x and 0.5x networks, so each searched network is compared with
 the standard network of that cost), exports each config with its standalone TorchScript model, and
-retrains each searched network and its uniform baseline from scratch with the same recipe and seed. Every
+retrains each searched network and its uniform baseline (the widest uniform network with no more MACs than
+the searched one) from scratch with the same recipe and seed. Every
 stage writes into its own folder under ``out`` and resumes when re-run.
 """
 
@@ -45,7 +46,9 @@ def run_demo(out_dir: str | os.PathLike, *, epochs: int = 30, retrain_epochs: in
     """
     import time
 
+    from .budget import format_count, parse_budget
     from .export import export_search
+    from .io import write_json
     from .retrain import resolve_retrain, retrain
     from .search import Target
     from .settings import resolve_settings
@@ -57,7 +60,9 @@ def run_demo(out_dir: str | os.PathLike, *, epochs: int = 30, retrain_epochs: in
     result = DemoResult(out=out)
     space = load_space("digits_cnn")
     supernet = build_supernet(space)
-    targets = [Target("flops", supernet.cost(supernet.uniform_config(w)).macs) for w in DEMO_WIDTHS]
+    # budgets: the uniform networks' MACs to three significant digits (labels like flops-1.78M)
+    targets = [Target("flops", parse_budget(format_count(supernet.cost(supernet.uniform_config(w)).macs)))
+               for w in DEMO_WIDTHS]
 
     def timed(name: str, description: str, work: Callable[[], Any]) -> Any:
         if stage:
@@ -93,9 +98,11 @@ def run_demo(out_dir: str | os.PathLike, *, epochs: int = 30, retrain_epochs: in
         summary, baseline = trained.summary, trained.baseline or {}
         pick = search.picks[target.label]
         result.rows.append({
-            "budget": target.label, "uniform_width": width,
+            "budget": target.label, "budget_width": width, "uniform_width": baseline.get("width"),
             "searched_accuracy": summary.get("accuracy"), "searched_macs": pick.macs, "searched_params": pick.params,
             "uniform_accuracy": baseline.get("accuracy"), "uniform_macs": baseline.get("macs"),
             "uniform_params": baseline.get("params"),
         })
+    write_json(out / "summary.json", {"rows": result.rows, "seconds": result.seconds, "epochs": epochs,
+                                      "retrain_epochs": retrain_epochs, "seed": seed, "pareto": str(result.pareto)})
     return result

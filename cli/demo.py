@@ -20,8 +20,9 @@ __all__ = ["demo"]
 def demo(out_dir: str, epochs: int, retrain_epochs: int, seed: int, device: str) -> None:
     """Train a digits supernet, search three budgets, export, and retrain against uniform widths.
 
-    The budgets are the MACs of the uniform 1.0x, 0.75x and 0.5x networks, so each searched network is
-    compared with the standard network of the same cost, both trained from scratch with the same recipe.
+    The budgets are the MACs of the uniform 1.0x, 0.75x and 0.5x networks. Each searched network is
+    compared with the widest uniform network of no more MACs, both trained from scratch with the same
+    recipe and seed.
     """
     from autoslim.budget import format_count
     from autoslim.demo import run_demo
