@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduce results/cifar10_resnet20: a resnet20_cifar supernet on the CIFAR-10 data in ../shared, a search at
+# three budgets, and each searched config retrained from scratch beside its uniform baseline, for several seeds.
+# Every stage resumes where it stopped: re-run this script after an interruption.
+#
+#   results/cifar10_resnet20/reproduce.sh            # from the repository root, with the venv of the README
+#   EPOCHS=10 RETRAIN_EPOCHS=30 SEEDS="0 1" DEVICE=cuda results/cifar10_resnet20/reproduce.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
+PYTHON=${PYTHON:-.venv/bin/python}
+EPOCHS=${EPOCHS:-10}                 # supernet epochs
+RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-30} # epochs of every from-scratch retraining (searched and uniform alike)
+SEEDS=${SEEDS:-"0 1"}
+DEVICE=${DEVICE:-cpu}
+BUDGETS=${BUDGETS:-"40M 20M 10M"}
+DATA=${DATA:-data/cifar10.npz}
+RUNS=${RUNS:-runs/cifar10_resnet20}
+RESULTS=results/cifar10_resnet20
+
+if [ ! -f "$DATA" ]; then
+  mkdir -p "$(dirname "$DATA")"
+  "$PYTHON" ../shared/data/cifar10/prepare.py "$DATA"
+fi
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+
+log "supernet: $EPOCHS epochs"
+"$AUTOSLIM" train-supernet --space resnet20_cifar --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" \
+  --device "$DEVICE" --out "$RUNS/supernet"
+
+flops=(); for b in $BUDGETS; do flops+=(--flops "$b"); done
+log "search: $BUDGETS"
+"$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" --device "$DEVICE" --out "$RUNS/search"
+
+for seed in $SEEDS; do
+  for b in $BUDGETS; do
+    log "retrain flops-$b seed $seed: searched and uniform, $RETRAIN_EPOCHS epochs each"
+    "$AUTOSLIM" retrain "$RUNS/search/configs/flops-$b.yaml" --baseline uniform --epochs "$RETRAIN_EPOCHS" \
+      --seed "$seed" --device "$DEVICE" --out "$RUNS/retrain/flops-$b/seed$seed"
+  done
+done
+
+log "collecting figures into $RESULTS"
+"$PYTHON" "$RESULTS/make_table.py" "$RUNS" "$RESULTS"
