@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from .io import atomic_write
 from .settings import TrainSettings, settings_from_dict
 from .spaces import SearchSpace, build_supernet, load_space
 from .supernet import Supernet
+
+if TYPE_CHECKING:
+    from .data import DataBundle
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "Run", "load_run", "load_checkpoint", "save_checkpoint", "rebuild_supernet",
            "unit_records"]
@@ -123,7 +126,7 @@ class Run:
     finished: bool
     evaluation: dict[str, float] = field(default_factory=dict)
 
-    def load_data(self, *, data_dir: str | os.PathLike | None = None, download: bool = False):
+    def load_data(self, *, data_dir: str | os.PathLike | None = None, download: bool = False) -> DataBundle:
         """The run's dataset with the same train/search split (same dataset, seed and search size).
 
         Args:

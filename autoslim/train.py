@@ -26,8 +26,6 @@ import io
 import math
 import os
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +37,8 @@ from torch import Tensor, nn
 from . import __version__
 from .calibrate import evaluate, recalibrate
 from .checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_checkpoint, unit_records
-from .devices import ProcessGroup, resolve_device
+from .devices import ProcessGroup, keep_freed_memory, resolve_device
+from .interrupt import StopRequest
 from .io import write_json, write_text
 from .sandwich import WarmupCosine, build_optimizer, derive_seed, sandwich_configs, sandwich_step, subnet_rng
 from .settings import IDENTITY_KEYS, RUNTIME_KEYS, TrainSettings, load_settings, save_settings, settings_from_dict
@@ -91,29 +90,6 @@ class TrainResult:
     out_dir: Path
     interrupted: bool = False
     ignored: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-
-
-class _StopRequest:
-    """Turns the first Ctrl-C / SIGTERM into a flag checked between steps; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 # -- the run directory ---------------------------------------------------------------------------
@@ -195,6 +171,8 @@ def train_supernet(settings: TrainSettings, out_dir: str | os.PathLike, *, resum
     settings, state, ignored = _open_run(out, settings, resume=resume, force=force)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(settings.device, local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
     processes = ProcessGroup.start(device)
     try:
         trainer = _Trainer(settings, out, device, processes, download=download, callback=callback)
@@ -380,7 +358,7 @@ class _Trainer:
         self._session = time.perf_counter()
         self._report("start", start_step=self.step, resumed=float(self.step > 0 or self.epoch > 0))
         interrupted = False
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             while self.epoch < self.settings.epochs:
                 if stop.requested and self.processes.world == 1:  # arrived during the last evaluation or save
                     interrupted = True
@@ -398,7 +376,7 @@ class _Trainer:
         self._report("end")
         return TrainResult(self.supernet, self._summary(), self.out, interrupted=interrupted)
 
-    def _train_epoch(self, stop: _StopRequest) -> bool:
+    def _train_epoch(self, stop: StopRequest) -> bool:
         """Train the rest of the current epoch; False if a stop was requested first."""
         settings, epoch = self.settings, self.epoch
         rank, world = self.processes.rank, self.processes.world

@@ -13,7 +13,10 @@ step) against the sum of the steps of its four static subnets.
 
     python benchmarks/bench_train_step.py [--spaces resnet20_cifar mobilenet_v2_cifar] [--threads 2]
 
-Targets: at most 1.03 for the worst config, at most 1.05 for the sandwich. Figures, not a test.
+Targets: at most 1.03 for the worst config, at most 1.05 for the sandwich. Figures, not a test. With the
+defaults it takes about half an hour on two CPU cores (MobileNetV2's steps at batch 128 take seconds); give
+it an otherwise idle machine, or use ``--threads 1`` where other jobs run (OpenMP threads that share a core
+with another process spin and make every figure noise).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoslim.devices import keep_freed_memory
 from autoslim.export import materialize
 from autoslim.sandwich import build_optimizer, sandwich_configs, sandwich_step, subnet_rng
 from autoslim.settings import resolve_settings
@@ -170,6 +174,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--malloc-default", dest="keep_freed_memory", action="store_false",
+                        help="leave glibc's malloc at its defaults (train-supernet keeps freed memory on the CPU)")
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="skip the static-vs-static control that shows the noise floor")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -179,6 +185,8 @@ def main() -> None:
     _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:  # as train-supernet does on the CPU; applies to both models alike
+        keep_freed_memory()
     for name in args.spaces:
         bench_space(name, args)
 

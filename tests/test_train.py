@@ -145,6 +145,24 @@ def test_gradients_are_synchronised_only_in_the_last_pass(supernet):
     assert model.entered == 3 and model.synced == [False, False, False, True]
 
 
+def test_resumed_and_sharded_passes_cut_the_same_batches():
+    from autoslim.data import load_dataset
+
+    data = load_dataset("digits")
+
+    def batches(**kwargs):
+        generator = torch.Generator().manual_seed(3)
+        return list(data.batches("train", 64, shuffle=True, augment=True, generator=generator, drop_last=True, **kwargs))
+
+    whole = batches()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole[5:], batches(start=5)))
+    ranks = [batches(start=2, shard=(rank, 2)) for rank in (0, 1)]
+    for full, *parts in zip(whole[2:], *ranks):
+        assert torch.equal(full[0][0::2], parts[0][0]) and torch.equal(full[0][1::2], parts[1][0])
+    with pytest.raises(ValueError, match="shard"):
+        batches(shard=(0, 3))  # 64 is not a multiple of 3
+
+
 def test_optimizer_groups_and_schedule(supernet, space):
     settings = resolve_settings(space, weight_decay=1e-3)
     optimizer = build_optimizer(supernet, settings)
