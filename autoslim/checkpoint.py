@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .data import DataBundle
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "Run", "load_run", "load_checkpoint", "save_checkpoint", "rebuild_supernet",
-           "unit_records"]
+           "unit_records", "read_state"]
 
 FORMAT = "autoslim-supernet/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,14 +63,24 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (autoslim train-supernet --out DIR writes one)")
+    return read_state(path, FORMAT, "supernet", map_location=map_location)
+
+
+def read_state(path: str | os.PathLike, expected_format: str, what: str, *,
+               map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's state read safely (``weights_only``), with unreadable files as one-line errors.
+
+    Raises:
+        ValueError: the file is truncated, corrupt or of another format than ``expected_format``.
+    """
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # zip, pickle and I/O errors alike: none of them may escape as a traceback
         reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())[:160] or type(error).__name__
         raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != expected_format:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not an autoslim supernet checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise ValueError(f"{path} is not an autoslim {what} checkpoint (format {found!r}, expected {expected_format!r})")
     return state
 
 

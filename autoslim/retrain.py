@@ -24,7 +24,6 @@ import csv
 import io
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .calibrate import evaluate
+from .checkpoint import read_state
 from .config import ChannelConfig, load_config, save_config
 from .devices import resolve_device
 from .export import materialize
@@ -205,15 +205,7 @@ def build_network(space: SearchSpace, channels: Sequence[Mapping[str, int]], *, 
 
 
 def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # zip, pickle and I/O errors alike: none of them may escape as a traceback
-        reason = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())[:160] or type(error).__name__
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not an autoslim retrain checkpoint (format {found!r}, expected {FORMAT!r})")
-    return state
+    return read_state(path, FORMAT, "retrain")
 
 
 def load_retrained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
