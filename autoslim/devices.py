@@ -84,9 +84,10 @@ def keep_freed_memory() -> bool:
 
     A training step on the CPU frees and reallocates tens of megabytes of activations and gradients. By
     default glibc returns large blocks to the system (heap trimming, ``munmap``) and the next step faults
-    the same pages in again: measured at 15-30% of a CIFAR ResNet-20 step on two cores, and more where the
-    supernet's full-size gradients change the allocation pattern. Blocks up to 32 MiB then come from the
-    heap and the heap is not trimmed; the process keeps its peak memory. Process-wide and idempotent.
+    the same pages in again: 5,000-20,000 page faults and up to a quarter of the time of a CIFAR ResNet-20
+    step here (batch 128), depending on the allocation pattern (the supernet's full-size gradients make it
+    worse than the static network's). With this, blocks up to 32 MiB come from the heap and the heap is not
+    trimmed; the process keeps its peak memory. Process-wide and idempotent.
 
     Returns:
         Whether the setting was applied (False where the C library has no ``mallopt``).
