@@ -32,30 +32,36 @@ class CostModel:
     def __init__(self, trace: Trace) -> None:
         self._trace = trace
         modules = trace.modules
-        # (kind, in unit, out unit, MACs per output position per channel pair)
+        # per call: (kind, input segments, output unit, MACs per output position per channel pair, groups,
+        # group width, counted): a layer reading a concatenation reads the sum of its parts
         self._calls = []
         seen: set[str] = set()
-        self._layers = []  # one entry per module: (kind, in, out, per-channel params, bias)
+        self._layers = []  # one entry per module: (kind, input segments, out unit, per-channel params, bias, groups, width)
         counted = 0
         for call in trace.calls:
             module = modules[call.module]
+            groups, width = 1, 1
             if call.kind in ("conv", "dwconv"):
                 per = module.kernel_size[0] * module.kernel_size[1]
-                groups = module.groups if call.kind == "conv" else 1
+                if call.kind == "conv":
+                    groups = module.groups
+                else:
+                    width = module.in_channels // module.groups
             elif call.kind == "linear":
-                per, groups = 1, 1
+                per = 1
             else:
-                per, groups = 0, 1
-            self._calls.append((call.kind, call.in_unit, call.out_unit, per, groups))
+                per = 0
+            self._calls.append((call.kind, call.inputs, call.out_unit, per, groups, width, not call.train_only))
             if call.module in seen:
                 continue
             seen.add(call.module)
             counted += sum(p.numel() for p in module.parameters(recurse=False))
             if call.kind == "bn":
                 per_param = int(module.weight is not None) + int(module.bias is not None)
-                self._layers.append(("bn", call.in_unit, call.out_unit, per_param, 0, 1))
+                self._layers.append(("bn", call.inputs, call.out_unit, per_param, 0, 1, 1))
             else:
-                self._layers.append((call.kind, call.in_unit, call.out_unit, per, int(module.bias is not None), groups))
+                self._layers.append((call.kind, call.inputs, call.out_unit, per, int(module.bias is not None), groups,
+                                     width))
         self._fixed_params = count_parameters(modules[""]) - counted
         self._spatial: dict[int, list[int]] = {trace.input_size: [c.out_spatial for c in trace.calls]}
 
@@ -65,29 +71,32 @@ class CostModel:
         return self._spatial[input_size]
 
     def per_call(self, counts: Sequence[int], input_size: int | None = None) -> list[int]:
-        """MACs of every layer call (in ``trace.calls`` order) at per-unit ``counts``."""
+        """MACs of every layer call (in ``trace.calls`` order) at per-unit ``counts``; 0 for train-only calls."""
         spatial = self.spatial(self._trace.input_size if input_size is None else input_size)
         result = []
-        for (kind, i, o, per, groups), hw in zip(self._calls, spatial):
-            if kind == "conv" or kind == "linear":
-                result.append(counts[o] * (counts[i] // groups) * per * hw)
-            elif kind == "dwconv":
-                result.append(counts[o] * per * hw)
-            else:
+        for (kind, inputs, o, per, groups, width, counted), hw in zip(self._calls, spatial):
+            if not counted or kind == "bn":
                 result.append(0)
+                continue
+            n_in = counts[inputs[0][0]] * inputs[0][1] if len(inputs) == 1 else sum(counts[u] * s for u, s in inputs)
+            if kind == "dwconv":
+                result.append(n_in * width * per * hw)
+            else:
+                result.append(counts[o] * (n_in // groups) * per * hw)
         return result
 
     def __call__(self, counts: Sequence[int], input_size: int | None = None) -> Cost:
         """Cost at per-unit ``counts`` (indexed like ``trace.units``) and ``input_size`` (default: traced)."""
         macs = sum(self.per_call(counts, input_size))
         params = self._fixed_params
-        for kind, i, o, per, bias, groups in self._layers:
+        for kind, inputs, o, per, bias, groups, width in self._layers:
+            n_in = counts[inputs[0][0]] * inputs[0][1] if len(inputs) == 1 else sum(counts[u] * s for u, s in inputs)
             if kind == "bn":
-                params += per * counts[o]
+                params += per * n_in
             elif kind == "dwconv":
-                params += counts[o] * (per + bias)
+                params += n_in * (width * per + bias)
             else:
-                params += counts[o] * ((counts[i] // groups) * per + bias)
+                params += counts[o] * ((n_in // groups) * per + bias)
         return Cost(macs, params)
 
 

@@ -69,13 +69,13 @@ def to_static(module: nn.Module) -> nn.Module:
         plain = nn.Conv2d(module.active_in, module.active_out, module.kernel_size, module.stride, module.padding,
                           module.dilation, module.active_groups, module.bias is not None, module.padding_mode,
                           **factory)
-        plain.weight.copy_(module.weight[: module.active_out, : module._weight_in])
+        plain.weight.copy_(module.active_weight())
         if module.bias is not None:
             plain.bias.copy_(module.bias[: module.active_out])
     elif isinstance(module, SlimLinear):
         factory = {"device": module.weight.device, "dtype": module.weight.dtype}
         plain = nn.Linear(module.active_in, module.active_out, module.bias is not None, **factory)
-        plain.weight.copy_(module.weight[: module.active_out, : module.active_in])
+        plain.weight.copy_(module.active_weight())
         if module.bias is not None:
             plain.bias.copy_(module.bias[: module.active_out])
     elif isinstance(module, SlimBatchNorm2d):
@@ -84,12 +84,13 @@ def to_static(module: nn.Module) -> nn.Module:
         if reference is not None:
             factory = {"device": reference.device, "dtype": reference.dtype}
         plain = nn.BatchNorm2d(k, module.eps, module.momentum, module.affine, module.track_running_stats, **factory)
+        weight, bias, mean, var = module.active_tensors()
         if module.affine:
-            plain.weight.copy_(module.weight[:k])
-            plain.bias.copy_(module.bias[:k])
+            plain.weight.copy_(weight)
+            plain.bias.copy_(bias)
         if module.track_running_stats:
-            plain.running_mean.copy_(module.running_mean[:k])
-            plain.running_var.copy_(module.running_var[:k])
+            plain.running_mean.copy_(mean)
+            plain.running_var.copy_(var)
             plain.num_batches_tracked.copy_(module.num_batches_tracked)
     else:
         return module

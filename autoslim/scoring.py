@@ -81,7 +81,12 @@ class BatchScorer:
         self.reuse = reuse and calibration is None
         self.macs_executed = 0
         self.layer_calls = 0
-        graph = _SlimTracer().trace(supernet.model)
+        was_training = supernet.model.training
+        supernet.model.eval()  # the inference graph, as traced for the units (no auxiliary heads)
+        try:
+            graph = _SlimTracer().trace(supernet.model)
+        finally:
+            supernet.model.train(was_training)
         self.graph_module = fx.GraphModule(supernet.model, graph)
         self._nodes = list(graph.nodes)
         self._position = {node: i for i, node in enumerate(self._nodes)}
@@ -94,14 +99,15 @@ class BatchScorer:
         self._call_positions = [first_call.get(call.module, -1) for call in calls]
         self._weighted = [call.kind != "bn" for call in calls]
         index = {unit.name: i for i, unit in enumerate(supernet.units)}
-        node_units = supernet.trace.node_units
-        self._unit_of = {node: node_units.get(node.name) for node in self._nodes}
+        self._index = index
+        node_layouts = supernet.trace.node_layouts
+        self._layout_of = {node: node_layouts.get(node.name) for node in self._nodes}
         # A candidate starts at the first layer that reads its unit: up to there, its tensors are the current
         # network's with fewer channels (conv outputs, BatchNorm over the batch, activations: all per channel).
         self._start: dict[str, int] = {}
         for unit in supernet.slimmable_units:
-            readers = [first_call[c.module] for c in calls if c.in_unit == index[unit.name] and c.kind in ("conv", "linear")
-                       and c.module in first_call]
+            readers = [first_call[c.module] for c in calls if c.kind in ("conv", "linear") and c.module in first_call
+                       and any(u == index[unit.name] for u, _ in c.inputs)]
             touched = [first_call[m] for m in unit.modules if m in first_call]
             self._start[unit.name] = min(readers) if readers else min(touched, default=0)
         self._traced_shapes = {n.name: getattr(n.meta.get("tensor_meta"), "shape", None)
@@ -166,7 +172,7 @@ class BatchScorer:
                 initial = dict.fromkeys(self._nodes[:start])
                 for node, value in env.items():
                     if self._position[node] < start <= self._last_use[node]:
-                        initial[node] = self._frontier(node, value, unit, config, start)
+                        initial[node] = self._frontier(node, value, unit, current, config, start)
                 output = fx.Interpreter(self.graph_module, garbage_collect_values=True).run(
                     self.images, initial_env=initial)
                 scores[i] = self._score(output)
@@ -175,19 +181,38 @@ class BatchScorer:
             self._cache_config, self._cache_done = current, done
         return scores  # type: ignore[return-value]
 
-    def _frontier(self, node: fx.Node, value: object, unit: Optional[str], config: Mapping[str, int], start: int):
+    def _frontier(self, node: fx.Node, value: object, unit: Optional[str], current: Mapping[str, int],
+                  config: Mapping[str, int], start: int):
         """The current network's tensor as the candidate sees it: fewer channels if it carries ``unit``."""
         if not isinstance(value, Tensor):
             return value
-        if unit is not None and self._carries(node, unit) and value.shape[1] != config[unit]:
-            return value[:, : config[unit]].contiguous()  # contiguous, as the candidate's own layers would give
+        if unit is not None and self._carries(node, unit):
+            return self._reslice(node, value, current, config)
         if any(self._position[u] >= start and _in_place(u, self.graph_module) for u in node.users):
             return value.clone()  # the candidate writes into it
         return value
 
     def _carries(self, node: fx.Node, unit: str) -> bool:
-        index = self._unit_of.get(node)
-        return index is not None and self.supernet.units[index].name == unit
+        layout = self._layout_of.get(node)
+        return layout is not None and any(u == self._index[unit] for u, _ in layout.segments)
+
+    def _reslice(self, node: fx.Node, value: Tensor, before: Mapping[str, int], after: Mapping[str, int]) -> Tensor:
+        """``value``, computed at config ``before``, with the channels config ``after`` keeps (never more).
+
+        Each part of the node's layout keeps a prefix of its channels; the result is contiguous, as the
+        candidate's own layers would give it.
+        """
+        layout = self._layout_of[node]
+        units = self.supernet.units
+        old = [before.get(units[u].name, units[u].maximum) * scale for u, scale in layout.segments]
+        new = [after.get(units[u].name, units[u].maximum) * scale for u, scale in layout.segments]
+        if old == new:
+            return value
+        if len(old) == 1:
+            return value.narrow(layout.dim, 0, new[0]).contiguous()
+        starts = [sum(old[:i]) for i in range(len(old))]
+        index = torch.cat([torch.arange(start, start + count) for start, count in zip(starts, new)])
+        return value.index_select(layout.dim, index.to(value.device)).contiguous()
 
     def _keep_set(self, starts: set[int]) -> set[fx.Node]:
         """Tensors of the current network worth keeping for the next step, if they fit in the cache budget."""
@@ -217,9 +242,8 @@ class BatchScorer:
         for node, value in self._cache.items():
             if self._position[node] >= done:
                 continue
-            for unit in changed:
-                if self._carries(node, unit) and isinstance(value, Tensor):
-                    value = value[:, : current[unit]].contiguous()
+            if isinstance(value, Tensor) and any(self._carries(node, unit) for unit in changed):
+                value = self._reslice(node, value, self._cache_config, current)
             env[node] = value
         return env, done
 

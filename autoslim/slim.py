@@ -6,38 +6,91 @@ to those prefixes and calls the functional op. Slices of a contiguous parameter 
 dimension are views, so a layer at full width runs exactly the plain op. Every slice is written as a tuple
 index (``[:k, ...]``): at the full count torch then makes an alias instead of a slice, whose backward passes
 the gradient through instead of scattering it into a fresh full-size zero tensor.
+
+A layer whose input is a concatenation (DenseNet, Inception, SqueezeNet) reads a prefix of every
+concatenated part: its input channels are given as ``ranges``, the ``(start, stop)`` spans of the full-width
+input it uses, in order, and its parameters are gathered with ``index_select`` along the input dimension.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SlimConv2d", "SlimLinear", "SlimBatchNorm2d", "SLIM_TYPES", "to_slim"]
+__all__ = ["SlimConv2d", "SlimLinear", "SlimBatchNorm2d", "SLIM_TYPES", "to_slim", "Ranges"]
+
+Ranges = Optional[tuple[tuple[int, int], ...]]
+
+
+class _Gather:
+    """The index of the channels in ``ranges``, made once per device."""
+
+    def __init__(self, ranges: tuple[tuple[int, int], ...]) -> None:
+        self.ranges = ranges
+        self.count = sum(stop - start for start, stop in ranges)
+        self._index: dict[torch.device, Tensor] = {}
+
+    def index(self, device: torch.device) -> Tensor:
+        index = self._index.get(device)
+        if index is None:
+            index = torch.cat([torch.arange(start, stop) for start, stop in self.ranges]).to(device)
+            self._index[device] = index
+        return index
+
+
+def _gather(layer: nn.Module, ranges: Sequence[tuple[int, int]] | None, count: int) -> Optional[_Gather]:
+    if ranges is None:
+        return None
+    ranges = tuple((int(a), int(b)) for a, b in ranges if b > a)
+    cache = layer.__dict__.setdefault("_gathers", {})
+    gather = cache.get(ranges)
+    if gather is None:
+        if len(cache) > 256:
+            cache.clear()
+        gather = cache[ranges] = _Gather(ranges)
+    if gather.count != count:
+        raise ValueError(f"ranges {ranges} hold {gather.count} channels, not {count}")
+    return gather
 
 
 class SlimConv2d(nn.Conv2d):
     """A ``Conv2d`` whose input and output channels are the first ``active_in`` / ``active_out``.
 
-    A depthwise conv (``groups == in_channels == out_channels``) keeps one filter per active channel,
-    so its group count follows the active count. Any other grouped conv keeps its group count, and the
-    active counts must be multiples of it.
+    A grouped conv with as many outputs as inputs (depthwise: ``groups == in_channels``; ResNeXt and
+    RegNet: groups of ``in_channels // groups`` channels) keeps its group width and runs on the first
+    ``active / group_width`` groups, so its input and output counts are equal multiples of the group width.
+    Any other grouped conv keeps its group count, and the active counts must be multiples of it.
     """
 
     def _init_active(self) -> None:
-        self.depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        self.depthwise = self.groups > 1 and self.in_channels == self.out_channels
+        self.group_width = self.in_channels // self.groups
         self.active_in = self.in_channels
         self.active_out = self.out_channels
         self.active_groups = self.groups
         self._weight_in = self.in_channels // self.groups
+        self._gather: Optional[_Gather] = None
 
-    def set_active(self, in_channels: int, out_channels: int) -> None:
-        """Run on the first ``in_channels`` input and ``out_channels`` output channels."""
+    @property
+    def in_ranges(self) -> Ranges:
+        """The spans of the full input the active input channels come from (``None``: a prefix)."""
+        return None if self._gather is None else self._gather.ranges
+
+    def set_active(self, in_channels: int, out_channels: int, in_ranges: Ranges = None) -> None:
+        """Run on ``in_channels`` input channels (the first ones, or those in ``in_ranges``) and the first
+        ``out_channels`` output channels."""
         if self.depthwise:
             if in_channels != out_channels:
                 raise ValueError(f"depthwise conv needs equal input and output counts, got {in_channels} and {out_channels}")
-            groups, weight_in = out_channels, 1
+            if in_channels % self.group_width:
+                raise ValueError(f"grouped conv with groups of {self.group_width} channels needs a multiple of "
+                                 f"{self.group_width}, got {in_channels}")
+            if in_ranges is not None:
+                raise ValueError("a depthwise or grouped conv runs on a prefix of its input, not on ranges")
+            groups, weight_in = out_channels // self.group_width, self.group_width
         else:
             groups = self.groups
             if in_channels % groups or out_channels % groups:
@@ -46,10 +99,18 @@ class SlimConv2d(nn.Conv2d):
             weight_in = in_channels // groups
         if not (0 < in_channels <= self.in_channels and 0 < out_channels <= self.out_channels):
             raise ValueError(f"active counts {in_channels}->{out_channels} outside 1..{self.in_channels}->1..{self.out_channels}")
+        if in_ranges is not None and groups != 1:
+            raise ValueError("a grouped conv runs on a prefix of its input, not on ranges")
+        self._gather = _gather(self, in_ranges, in_channels)
         self.active_in, self.active_out, self.active_groups, self._weight_in = in_channels, out_channels, groups, weight_in
 
+    def active_weight(self) -> Tensor:
+        if self._gather is not None:
+            return self.weight[: self.active_out, ...].index_select(1, self._gather.index(self.weight.device))
+        return self.weight[: self.active_out, : self._weight_in]
+
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight[: self.active_out, : self._weight_in]
+        weight = self.active_weight()
         bias = None if self.bias is None else self.bias[: self.active_out, ...]
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -63,16 +124,28 @@ class SlimLinear(nn.Linear):
     def _init_active(self) -> None:
         self.active_in = self.in_features
         self.active_out = self.out_features
+        self._gather: Optional[_Gather] = None
 
-    def set_active(self, in_features: int, out_features: int) -> None:
-        """Run on the first ``in_features`` inputs and ``out_features`` outputs."""
+    @property
+    def in_ranges(self) -> Ranges:
+        return None if self._gather is None else self._gather.ranges
+
+    def set_active(self, in_features: int, out_features: int, in_ranges: Ranges = None) -> None:
+        """Run on ``in_features`` inputs (the first ones, or those in ``in_ranges``) and the first ``out_features``
+        outputs."""
         if not (0 < in_features <= self.in_features and 0 < out_features <= self.out_features):
             raise ValueError(f"active counts {in_features}->{out_features} outside 1..{self.in_features}->1..{self.out_features}")
+        self._gather = _gather(self, in_ranges, in_features)
         self.active_in, self.active_out = in_features, out_features
+
+    def active_weight(self) -> Tensor:
+        if self._gather is not None:
+            return self.weight[: self.active_out, ...].index_select(1, self._gather.index(self.weight.device))
+        return self.weight[: self.active_out, : self.active_in]
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias[: self.active_out, ...]
-        return F.linear(x, self.weight[: self.active_out, : self.active_in], bias)
+        return F.linear(x, self.active_weight(), bias)
 
 
 class SlimBatchNorm2d(nn.BatchNorm2d):
@@ -84,21 +157,50 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
 
     def _init_active(self) -> None:
         self.active = self.num_features
+        self._gather: Optional[_Gather] = None
 
-    def set_active(self, channels: int) -> None:
-        """Normalise the first ``channels`` channels."""
+    @property
+    def ranges(self) -> Ranges:
+        return None if self._gather is None else self._gather.ranges
+
+    def set_active(self, channels: int, ranges: Ranges = None) -> None:
+        """Normalise ``channels`` channels: the first ones, or those in ``ranges``."""
         if not 0 < channels <= self.num_features:
             raise ValueError(f"active count {channels} outside 1..{self.num_features}")
+        self._gather = _gather(self, ranges, channels)
         self.active = channels
 
+    def active_tensors(self) -> tuple[Optional[Tensor], ...]:
+        """Weight, bias, running mean and running variance of the active channels (gathered copies with ranges)."""
+        tensors = (self.weight, self.bias, self.running_mean, self.running_var)
+        if self._gather is None:
+            k = self.active
+            return tuple(None if t is None else t[:k, ...] for t in tensors)
+        reference = next((t for t in tensors if t is not None), None)
+        if reference is None:
+            return tensors
+        index = self._gather.index(reference.device)
+        return tuple(None if t is None else t.index_select(0, index) for t in tensors)
+
     def forward(self, x: Tensor) -> Tensor:
-        k = self.active
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
+        if self._gather is not None:
+            weight, bias, mean, var = self.active_tensors()
+            if not track:
+                mean = var = None
+            out = F.batch_norm(x, mean, var, weight, bias, use_batch_stats, momentum, self.eps)
+            if use_batch_stats and mean is not None:  # the gathered statistics were updated: write them back
+                with torch.no_grad():
+                    index = self._gather.index(mean.device)
+                    self.running_mean.index_copy_(0, index, mean)
+                    self.running_var.index_copy_(0, index, var)
+            return out
+        k = self.active
         return F.batch_norm(
             x,
             self.running_mean[:k, ...] if track and self.running_mean is not None else None,

@@ -9,6 +9,7 @@ configs, and report the exact cost of any config without running it.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from typing import Callable, Mapping
 
@@ -49,13 +50,18 @@ class Supernet(nn.Module):
         self._cost = CostModel(trace)
         self._uniform = uniform
         self._index = {unit.name: i for i, unit in enumerate(self.units)}
-        self._layers: list[tuple[nn.Module, str, int, int]] = []
+        # (module, kind, input segments, output unit, start of each input segment at full width)
+        self._layers: list[tuple[nn.Module, str, tuple, int, tuple[int, ...]]] = []
         modules = dict(model.named_modules())
         seen: set[str] = set()
         for call in trace.calls:
             if call.module not in seen:
                 seen.add(call.module)
-                self._layers.append((modules[call.module], call.kind, call.in_unit, call.out_unit))
+                starts, offset = [], 0
+                for u, scale in call.inputs:
+                    starts.append(offset)
+                    offset += self.units[u].maximum * scale
+                self._layers.append((modules[call.module], call.kind, call.inputs, call.out_unit, tuple(starts)))
         self._counts = [unit.maximum for unit in self.units]
 
     # -- configs ---------------------------------------------------------------------------------
@@ -95,6 +101,9 @@ class Supernet(nn.Module):
                 continue
             if not 1 <= count <= unit.maximum:
                 raise ValueError(f"unit {name!r}: {count} channels is outside the allowed range 1..{unit.maximum}")
+            if count % unit.multiple:
+                raise ValueError(f"unit {name!r}: {count} channels is not a multiple of {unit.multiple} "
+                                 f"(the group width of {unit.carriers[0] if unit.carriers else 'a grouped conv'})")
             result[unit.name] = count
         if complete:
             missing = [unit.name for unit in self.slimmable_units if unit.name not in result]
@@ -117,11 +126,22 @@ class Supernet(nn.Module):
         self._activate(self._counts_of(config))
 
     def _activate(self, counts: list[int]) -> None:
-        for module, kind, i, o in self._layers:
+        units = self.units
+        for module, kind, inputs, o, starts in self._layers:
+            if len(inputs) == 1:
+                u, scale = inputs[0]
+                n_in, ranges = counts[u] * scale, None
+            else:  # a concatenation: a prefix of every part
+                n_in = sum(counts[u] * scale for u, scale in inputs)
+                full = all(counts[u] == units[u].maximum for u, _ in inputs)
+                ranges = None if full else tuple((start, start + counts[u] * scale)
+                                                 for (u, scale), start in zip(inputs, starts))
             if kind == "bn":
-                module.set_active(counts[o])
+                module.set_active(n_in, ranges)
+            elif kind == "dwconv":
+                module.set_active(n_in, n_in)
             else:
-                module.set_active(counts[i], counts[o])
+                module.set_active(n_in, counts[o], ranges)
         self._counts = counts
 
     @property
@@ -153,7 +173,7 @@ class Supernet(nn.Module):
         for unit in self.slimmable_units:
             count = known.get(unit.name)
             if count is None:
-                count = make_divisible(unit.maximum / self.width_mult * width, 8)
+                count = make_divisible(unit.maximum / self.width_mult * width, math.lcm(8, unit.multiple))
             config[unit.name] = max(1, min(unit.maximum, count))
         return config
 
@@ -172,6 +192,8 @@ class Supernet(nn.Module):
         return self._cost.per_call(self._counts_of(config), input_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.trace.train_error:
+            raise ValueError(self.trace.train_error)
         return self.model(x)
 
 
@@ -193,8 +215,13 @@ def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, gr
     model = copy.deepcopy(model)
     trace = trace_model(model, in_channels=in_channels, input_size=input_size)
     for unit in trace.units:
-        unit.choices = (unit.maximum,) if unit.frozen else unit_choices(
-            unit.maximum, groups=groups, divisor=divisor, min_ratio=min_ratio)
+        if unit.frozen:
+            unit.choices = (unit.maximum,)
+            continue
+        step = math.lcm(divisor, unit.multiple)  # a grouped conv's units move in whole groups
+        unit.choices = unit_choices(unit.maximum, groups=groups, divisor=step, min_ratio=min_ratio)
+        if unit.multiple > 1:
+            unit.choices = tuple(c for c in unit.choices if c % unit.multiple == 0) or (unit.maximum,)
     slim_names = {call.module for call in trace.calls}
     for name in slim_names:
         _replace(model, name, to_slim(trace.modules[name]))

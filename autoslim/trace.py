@@ -1,27 +1,39 @@
 """Channel units traced from a plain ``nn.Module`` with ``torch.fx`` (AutoSlim section 3.3, US-Nets section 3).
 
 The model is traced at its maximum width and its shapes are propagated with fake tensors (no compute).
-Every tensor's channel dimension (dim 1) gets a unit; a union-find merges the units that must be sliced
-together:
+Every tensor gets a *layout*: which dimension holds its channels (1, or the last one after a permute to
+channels-last) and the channel units it is made of, in order, each with a *scale* (a flattened
+``C x H x W`` tensor holds ``H * W`` features per channel). A union-find merges the units that must be
+sliced together:
 
-- conv and linear outputs start a unit; their inputs consume one;
-- BatchNorm, elementwise activations, dropout and pooling carry their input's unit;
-- a depthwise conv carries its input's unit;
+- conv and linear outputs start a unit; their inputs consume the units of their input's layout;
+- BatchNorm, elementwise activations, dropout, stochastic depth and pooling carry their input's layout;
+- a depthwise conv, and any grouped conv with as many outputs as inputs (ResNeXt, RegNet), carries its
+  input's unit, whose counts must then be multiples of the group width;
 - a residual addition (and any elementwise op of two same-width tensors, such as a squeeze-and-excitation
   gate ``x * gate(x)``) merges the units of its operands;
-- global pooling followed by flatten/view/mean carries a unit into the classifier's input.
+- a concatenation along the channels concatenates its operands' layouts: each part stays its own unit, and
+  the layers that read the result read a prefix of every part (DenseNet, Inception, SqueezeNet);
+- a flatten of ``(N, C, H, W)`` to ``(N, C*H*W)`` keeps the units, scaled by ``H * W``; a permute moves the
+  channel dimension (ConvNeXt's channels-last MLP).
 
-Anything the tracer cannot prove safe to slice (concatenation, channel shuffle, reshapes that mix channels,
-unknown modules or functions) freezes the units involved and records why. The image channels and the
-network's outputs are frozen too.
+Anything the tracer cannot prove safe to slice (channel shuffle and other reshapes that mix channels,
+splits along the channels, LayerNorm over the channels, parameters used directly in arithmetic, unknown
+modules or functions) freezes the units involved and records why. The image channels and the network's
+outputs are frozen too.
+
+Layers that run only in training mode (auxiliary classifiers of GoogLeNet and Inception v3) are found by
+tracing the training-mode graph as well: they become slim layers tied to the same units, but their
+multiply-adds are not part of the network's cost, which is that of inference.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
@@ -30,11 +42,11 @@ from torch import nn
 
 from .units import ChannelUnit
 
-__all__ = ["Trace", "LayerCall", "trace_model", "propagate_shapes"]
+__all__ = ["Trace", "LayerCall", "Layout", "trace_model", "propagate_shapes"]
 
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity,
+    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.PReLU,
     nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
 )
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
@@ -43,12 +55,14 @@ _ELEMENTWISE_FUNCTIONS = {
     F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.neg, torch.abs, torch.exp,
     operator.neg, F.relu_, torch.relu_,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d,
 }
+_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
 _ELEMENTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone", "float",
-    "half", "bfloat16", "to", "type_as", "detach", "neg", "abs", "exp", "hardswish", "sigmoid",
+    "half", "bfloat16", "to", "type_as", "detach", "neg", "abs", "exp", "hardswish",
 }
+# Functions that keep shapes and act per element or per sample, known by name (torchvision wraps them for fx).
+_ELEMENTWISE_NAMES = {"stochastic_depth"}
 _BINARY = {
     operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub, operator.truediv,
     torch.add, torch.mul, torch.sub, torch.div,
@@ -57,18 +71,46 @@ _BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 _FLATTEN = {torch.flatten}
 _RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze"}
 _MEAN = {torch.mean}
+_PERMUTE = {torch.permute}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_SPLITS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split", "unbind", "tensor_split"}
+_SHAPE_QUERIES = {"size", "dim", "numel"}
+
+Segment = tuple[int, int]  # (unit, scale): ``scale`` features per channel of the unit
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a tensor's channels are and which units they are made of, in order."""
+
+    dim: int  # the channel dimension (1, or the last one for channels-last tensors)
+    segments: tuple[Segment, ...]
 
 
 @dataclass
 class LayerCall:
-    """One call of a slim-able module in the traced graph (a module called twice has two calls)."""
+    """One call of a slim-able module in the traced graph (a module called twice has two calls).
+
+    ``inputs`` are the units (with scales) of its input's channels, in order; ``outputs`` those of its output
+    (a conv or linear layer starts one unit; BatchNorm and depthwise convs carry their input's).
+    """
 
     module: str
     node: str
-    kind: str  # "conv", "dwconv" (depthwise: carries its input's unit), "linear", "bn"
-    in_unit: int
-    out_unit: int
-    out_spatial: int  # product of the output's non-channel dims past the batch (H * W; 1 for a linear)
+    kind: str  # "conv", "dwconv" (grouped conv carrying its input's unit), "linear", "bn"
+    inputs: tuple[Segment, ...]
+    outputs: tuple[Segment, ...]
+    out_spatial: int  # product of the output's non-channel dims past the batch (H * W; 1 for a linear on vectors)
+    train_only: bool = False  # runs only in training mode (auxiliary heads): no part of the inference cost
+
+    @property
+    def in_unit(self) -> int:
+        """The input's unit, for a layer reading one unit (the first part of a concatenation otherwise)."""
+        return self.inputs[0][0]
+
+    @property
+    def out_unit(self) -> int:
+        return self.outputs[0][0]
 
 
 @dataclass
@@ -84,10 +126,17 @@ class Trace:
     units: list[ChannelUnit]
     calls: list[LayerCall]
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
-    node_units: dict[str, int] = field(repr=False, default_factory=dict)  # graph node name -> unit of its dim 1
+    node_layouts: dict[str, Layout] = field(repr=False, default_factory=dict)  # inference graph node -> layout
+    train_error: str | None = None  # why the training-mode graph could not be analysed (it has train-only layers)
 
     def unit_index(self) -> dict[str, int]:
         return {unit.name: i for i, unit in enumerate(self.units)}
+
+    @property
+    def node_units(self) -> dict[str, int]:
+        """Graph node -> unit of its channels, for nodes whose channels are one unit."""
+        return {name: layout.segments[0][0] for name, layout in self.node_layouts.items()
+                if len(layout.segments) == 1 and layout.segments[0][1] == 1}
 
     def spatial_sizes(self, input_size: int) -> list[int]:
         """Output spatial size (H * W) of every call at another input size (fake tensors: no compute)."""
@@ -97,9 +146,19 @@ class Trace:
         nodes = {node.name: node for node in self.graph_module.graph.nodes}
         sizes = []
         for call in self.calls:
+            if call.train_only:
+                sizes.append(0)
+                continue
             shape = _shape(nodes[call.node])
-            sizes.append(math.prod(int(s) for s in shape[2:]) if call.kind != "linear" else math.prod(int(s) for s in shape[1:-1]))
+            sizes.append(_positions(shape, call.kind))
         return sizes
+
+
+def _positions(shape: torch.Size, kind: str) -> int:
+    """Output positions per sample of a layer call: H * W for a conv, the non-feature dims for a linear."""
+    if kind == "linear":
+        return math.prod(int(s) for s in shape[1:-1])
+    return math.prod(int(s) for s in shape[2:])
 
 
 class _UnionFind:
@@ -107,11 +166,13 @@ class _UnionFind:
         self.parent: list[int] = []
         self.size: list[int] = []
         self.reasons: list[list[str]] = []
+        self.multiple: list[int] = []
 
     def new(self, size: int, reason: str | None = None) -> int:
         self.parent.append(len(self.parent))
         self.size.append(size)
         self.reasons.append([reason] if reason else [])
+        self.multiple.append(1)
         return len(self.parent) - 1
 
     def find(self, i: int) -> int:
@@ -128,13 +189,18 @@ class _UnionFind:
             raise ValueError(f"internal: merging units of {self.size[a]} and {self.size[b]} channels")
         low, high = min(a, b), max(a, b)
         self.parent[high] = low
-        self.reasons[low] += self.reasons[high]
+        self.reasons[low] += [r for r in self.reasons[high] if r not in self.reasons[low]]
+        self.multiple[low] = math.lcm(self.multiple[low], self.multiple[high])
         return low
 
     def freeze(self, i: int, reason: str) -> None:
         root = self.find(i)
         if reason not in self.reasons[root]:
             self.reasons[root].append(reason)
+
+    def require_multiple(self, i: int, multiple: int) -> None:
+        root = self.find(i)
+        self.multiple[root] = math.lcm(self.multiple[root], multiple)
 
 
 def _shape(node: Any) -> torch.Size | None:
@@ -150,7 +216,13 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size: int) -> None:
+def _all_node_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size: int, batch: int = 1) -> None:
     """Annotate every node with its output shape at ``input_size`` (fake tensors: no compute)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
@@ -158,7 +230,7 @@ def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size:
     was_training = graph_module.training
     graph_module.eval()
     try:
-        example = torch.zeros(1, in_channels, input_size, input_size)
+        example = torch.zeros(batch, in_channels, input_size, input_size)
         ShapeProp(graph_module, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(example)
     finally:
         graph_module.train(was_training)
@@ -171,6 +243,335 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {str(error).splitlines()[0]}") from error
 
 
+_TRANSFORMER_TYPES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _refuse_transformers(model: nn.Module) -> None:
+    name = type(model).__name__
+    if any(isinstance(m, _TRANSFORMER_TYPES) for m in model.modules()) or "VisionTransformer" in name \
+            or "SwinTransformer" in name or name in ("MaxVit",):
+        raise ValueError(f"{name} is a transformer: autoslim slims the channels of convolutional networks "
+                         "(attention heads and token dimensions are not channel units)")
+
+
+def _label(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+class _Tracer:
+    """Derives layouts and units from one or more graphs of the same model (inference, then training mode)."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.uf = _UnionFind()
+        self.layouts: dict[fx.Node, Layout] = {}
+        self.producers: dict[int, list[str]] = {}
+        self.origin: dict[int, str] = {}
+        self.calls: list[dict] = []
+        self.module_io: dict[str, tuple[Layout, Layout]] = {}  # first call of each slim-able module
+        self.input_unit: Optional[int] = None
+        self.untyped_reasons: dict[fx.Node, str] = {}  # why the parts of a split are frozen
+
+    # -- units and layouts ---------------------------------------------------------------------------------
+
+    def new_unit(self, size: int, reason: str | None = None, name: str | None = None) -> int:
+        uid = self.uf.new(size, reason)
+        if name:
+            self.origin[uid] = name
+        return uid
+
+    @staticmethod
+    def channel_dim(shape: torch.Size) -> int:
+        return 1 if len(shape) >= 2 else 0
+
+    def fresh(self, node: fx.Node, reason: str | None, name: str | None = None, dim: int | None = None) -> Layout:
+        shape = _shape(node)
+        dim = self.channel_dim(shape) if dim is None or dim >= len(shape) else dim
+        size = int(shape[dim]) if len(shape) else 1
+        return Layout(dim, ((self.new_unit(size, reason, name or node.name), 1),))
+
+    def layout(self, node: fx.Node) -> Layout:
+        if node not in self.layouts:  # e.g. a tensor built inside forward
+            self.layouts[node] = self.fresh(node, f"tensor {node.name} not produced by a traced layer")
+        return self.layouts[node]
+
+    def count(self, layout: Layout) -> int:
+        return sum(self.uf.size[self.uf.find(u)] * s for u, s in layout.segments)
+
+    def freeze(self, layout: Layout, reason: str) -> None:
+        for u, _ in layout.segments:
+            self.uf.freeze(u, reason)
+
+    def freeze_all(self, node: fx.Node, reason: str) -> None:
+        args = _tensor_args(node)
+        for arg in args:
+            self.freeze(self.layout(arg), reason)
+        shape = _shape(node)
+        if shape is not None:  # keep the channel dim of a same-rank operand (a channels-last LayerNorm)
+            dim = next((self.layout(a).dim for a in args if len(_shape(a)) == len(shape)), None)
+            self.layouts[node] = self.fresh(node, reason, dim=dim)
+
+    def tie(self, a: Layout, b: Layout, reason: str) -> Layout:
+        """Merge two layouts of the same structure segment by segment; freeze both otherwise."""
+        if a.dim == b.dim and len(a.segments) == len(b.segments) and all(
+                sa == sb and self.uf.size[self.uf.find(ua)] == self.uf.size[self.uf.find(ub)]
+                for (ua, sa), (ub, sb) in zip(a.segments, b.segments)):
+            return Layout(a.dim, tuple((self.uf.union(ua, ub), s) for (ua, s), (ub, _) in zip(a.segments, b.segments)))
+        self.freeze(a, reason)
+        self.freeze(b, reason)
+        return a
+
+    def carries(self, source: fx.Node, node: fx.Node) -> bool:
+        """Whether ``node`` has ``source``'s rank and channel count along ``source``'s channel dim."""
+        before, after = _shape(source), _shape(node)
+        layout = self.layout(source)
+        return (before is not None and after is not None and len(before) == len(after)
+                and int(after[layout.dim]) == int(before[layout.dim]))
+
+    # -- graphs ---------------------------------------------------------------------------------------------
+
+    def run(self, gm: fx.GraphModule, *, train_only: bool = False) -> None:
+        self.train_pass = train_only
+        for node in gm.graph.nodes:
+            try:
+                self.visit(node)
+            except ValueError:
+                raise
+            except Exception as error:  # a pattern we did not foresee: freeze it rather than fail
+                self.freeze_all(node, f"cannot analyse {node.name}: {type(error).__name__}")
+
+    def visit(self, node: fx.Node) -> None:
+        shape = _shape(node)
+        if node.op == "placeholder":
+            if shape is not None:
+                if self.input_unit is None:
+                    self.input_unit = self.new_unit(int(shape[1]) if len(shape) > 1 else 1, "image channels", "input")
+                self.layouts[node] = Layout(1, ((self.input_unit, 1),))
+            return
+        if node.op == "output":
+            for arg in _tensor_args(node):
+                self.freeze(self.layout(arg), "network outputs")
+            return
+        if shape is None:
+            self.visit_untyped(node)
+            return
+        args = _tensor_args(node)
+        if node.op == "get_attr":
+            self.layouts[node] = self.fresh(node, f"parameter {node.target} used directly")
+        elif node.op == "call_module":
+            self.visit_module(node, args)
+        elif node.op in ("call_function", "call_method"):
+            self.visit_function(node, args)
+        else:
+            self.freeze_all(node, f"unsupported node {node.op} {node.name}")
+
+    def visit_untyped(self, node: fx.Node) -> None:
+        """Nodes without a tensor output: shape queries are harmless, splits and the like are not."""
+        if node.op in ("call_function", "call_method") and node.target in _SHAPE_QUERIES:
+            return
+        if node.op == "call_function" and node.target is getattr:
+            return
+        args = _tensor_args(node)
+        if not args:
+            return
+        if isinstance(node.target, type) and issubclass(node.target, tuple):  # GoogLeNetOutputs(logits, aux2, aux1)
+            reason = "network outputs"
+        elif node.target in _SPLITS:
+            reason = f"split along the channels ({_label(node.target)} {node.name})"
+        else:
+            reason = f"unsupported operation {_label(node.target)} ({node.name})"
+        for arg in args:
+            self.freeze(self.layout(arg), reason)
+        self.untyped_reasons[node] = reason
+
+    def record(self, name: str, node: fx.Node, kind: str, inputs: Layout, outputs: Layout) -> None:
+        """One call of a slim-able module; a module seen before (other call, other graph) keeps its units."""
+        if name in self.module_io:
+            first_in, first_out = self.module_io[name]
+            reason = f"module {name} called on tensors of different channels"
+            self.tie(first_in, inputs, reason)
+            if kind in ("conv", "linear"):
+                self.tie(first_out, outputs, reason)
+            if self.train_pass:
+                return  # already a call of the inference graph
+        else:
+            self.module_io[name] = (inputs, outputs)
+        shape = _shape(node)
+        self.calls.append(dict(module=name, node=node.name, kind=kind, inputs=inputs.segments, outputs=outputs.segments,
+                               out_spatial=_positions(shape, kind), train_only=self.train_pass))
+
+    def visit_module(self, node: fx.Node, args: list[fx.Node]) -> None:
+        name = str(node.target)
+        module = self.modules[name]
+        kind = type(module)
+        shape = _shape(node)
+        source = self.layout(args[0]) if len(args) == 1 else None
+        if kind is nn.Conv2d and source is not None and source.dim == 1:
+            if module.groups > 1 and module.in_channels == module.out_channels:
+                # depthwise or ResNeXt/RegNet-style grouped conv: carries its input's unit, in whole groups
+                width = module.in_channels // module.groups
+                if len(source.segments) != 1:
+                    self.freeze(source, f"grouped conv {name} reads a concatenation")
+                else:
+                    self.uf.require_multiple(source.segments[0][0], width)
+                self.layouts[node] = source
+                self.record(name, node, "dwconv", source, source)
+                return
+            out = self.new_unit(module.out_channels, name=name)
+            self.producers.setdefault(out, []).append(name)
+            result = Layout(1, ((out, 1),))
+            if module.groups > 1:
+                reason = f"grouped conv {name} (groups={module.groups}) with {module.in_channels} inputs " \
+                         f"and {module.out_channels} outputs"
+                self.freeze(source, reason)
+                self.uf.freeze(out, reason)
+            self.layouts[node] = result
+            self.record(name, node, "conv", source, result)
+        elif kind is nn.Linear and source is not None:
+            out = self.new_unit(module.out_features, name=name)
+            self.producers.setdefault(out, []).append(name)
+            result = Layout(len(shape) - 1, ((out, 1),))
+            if source.dim != len(_shape(args[0])) - 1:
+                reason = f"linear {name} acts on a dimension that is not the channels"
+                self.freeze(source, reason)
+                self.uf.freeze(out, reason)
+            self.layouts[node] = result
+            self.record(name, node, "linear", source, result)
+        elif kind is nn.BatchNorm2d and source is not None and source.dim == 1:
+            self.layouts[node] = source
+            self.record(name, node, "bn", source, source)
+        elif kind is nn.LayerNorm and source is not None and self.carries(args[0], node):
+            self.freeze(source, f"LayerNorm {name} normalises over the channels")
+            self.layouts[node] = source
+        elif isinstance(module, _ELEMENTWISE_MODULES) and source is not None and self.carries(args[0], node):
+            if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+                self.freeze(source, f"PReLU {name} has a parameter per channel")
+            self.layouts[node] = source
+        elif isinstance(module, _POOL_MODULES) and source is not None and source.dim == 1 and self.carries(args[0], node):
+            self.layouts[node] = source
+        elif isinstance(module, nn.Flatten) and source is not None and self.flatten(node, args[0]):
+            pass
+        else:
+            self.freeze_all(node, f"unsupported module {kind.__name__} at {name}")
+
+    def visit_function(self, node: fx.Node, args: list[fx.Node]) -> None:
+        target = node.target
+        label = _label(target)
+        if target in _BINARY or target in _BINARY_METHODS:
+            self.binary(node, args)
+        elif (target in _ELEMENTWISE_FUNCTIONS or target in _ELEMENTWISE_METHODS or label in _ELEMENTWISE_NAMES) \
+                and len(args) == 1 and self.carries(args[0], node):
+            self.layouts[node] = self.layout(args[0])
+        elif target in _POOL_FUNCTIONS and len(args) == 1 and self.layout(args[0]).dim == 1 and self.carries(args[0], node):
+            self.layouts[node] = self.layout(args[0])
+        elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and self.flatten(node, args[0]):
+            pass
+        elif target in _FLATTEN or target in _RESHAPE_METHODS or target in ("transpose", torch.transpose):
+            self.freeze_all(node, f"{label} {node.name} mixes the channels with other dims (e.g. a channel shuffle)")
+        elif (target in _MEAN or target == "mean") and len(args) == 1 and self.keeps_channels(args[0], node):
+            self.layouts[node] = self.layout(args[0])
+        elif (target in _PERMUTE or target == "permute") and len(args) == 1:
+            self.permute(node, args[0])
+        elif target in _CAT:
+            self.concatenate(node, args)
+        elif isinstance(target, type) and issubclass(target, tuple):  # GoogLeNetOutputs(logits, aux2, aux1)
+            for arg in args:
+                self.freeze(self.layout(arg), "network outputs")
+        elif target is operator.getitem and not args:
+            source = node.args[0]
+            self.layouts[node] = self.fresh(node, self.untyped_reasons.get(source, f"part of {_label(source)}"))
+        else:
+            self.freeze_all(node, f"unsupported operation {label} ({node.name})")
+
+    # -- patterns -------------------------------------------------------------------------------------------
+
+    def binary(self, node: fx.Node, args: list[fx.Node]) -> None:
+        """Elementwise op of two tensors: same layout merges the units; a 1-channel operand broadcasts."""
+        shape = _shape(node)
+        if len(args) == 1:
+            if self.carries(args[0], node):
+                self.layouts[node] = self.layout(args[0])
+            else:
+                self.freeze_all(node, f"broadcast in {node.name}")
+            return
+        if len(args) != 2:
+            self.freeze_all(node, f"elementwise op {node.name} of {len(args)} tensors")
+            return
+        params = [a for a in args if a.op == "get_attr"]
+        if params:
+            self.freeze_all(node, f"parameter {params[0].target} used directly in {node.name}")
+            return
+        if any(len(_shape(a)) != len(shape) for a in args):
+            self.freeze_all(node, f"elementwise op {node.name} with operands of different rank")
+            return
+        a, b = (self.layout(x) for x in args)
+        ca, cb, c = (int(_shape(x)[a.dim]) for x in (args[0], args[1], node))
+        if a.dim != b.dim:
+            self.freeze_all(node, f"elementwise op {node.name} of tensors with channels in different dims")
+        elif ca == cb == c:
+            self.layouts[node] = self.tie(a, b, f"elementwise op {node.name} of differently concatenated tensors")
+        elif ca == c and cb == 1:
+            self.layouts[node] = a
+        elif cb == c and ca == 1:
+            self.layouts[node] = b
+        else:
+            self.freeze_all(node, f"elementwise op {node.name} broadcasts channels")
+
+    def flatten(self, node: fx.Node, source: fx.Node) -> bool:
+        """``(N, C, H, W) -> (N, C*H*W)`` (channel-major: a prefix of channels is a prefix of features)."""
+        before, after = _shape(source), _shape(node)
+        layout = self.layout(source)
+        if before is None or after is None or len(after) != 2 or len(before) < 2 or layout.dim != 1:
+            return False
+        spatial = math.prod(int(s) for s in before[2:])
+        if int(after[1]) != int(before[1]) * spatial:
+            return False
+        values = list(node.args[1:]) + list(node.kwargs.values())
+        values += [v for a in values if isinstance(a, (tuple, list)) for v in a]
+        literals = [a for a in values if isinstance(a, int)]
+        if int(after[1]) > 1 and int(after[1]) in literals or int(before[1]) > 1 and int(before[1]) in literals:
+            return False  # names the channel count: would break at another width
+        self.layouts[node] = Layout(1, tuple((u, s * spatial) for u, s in layout.segments))
+        return True
+
+    def keeps_channels(self, source: fx.Node, node: fx.Node) -> bool:
+        """True for a reduction (``mean``) over spatial dims that keeps dim 1."""
+        before, after = _shape(source), _shape(node)
+        if before is None or after is None or len(after) < 2 or int(after[1]) != int(before[1]):
+            return False
+        if self.layout(source).dim != 1:
+            return False
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        if not dims:
+            return False
+        return all(isinstance(d, int) and d % len(before) >= 2 for d in dims)
+
+    def permute(self, node: fx.Node, source: fx.Node) -> None:
+        rank = len(_shape(source))
+        dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+        if node.op == "call_function" and not dims:
+            dims = (node.kwargs.get("dims"),)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if not all(isinstance(d, int) for d in dims) or len(dims) != rank:
+            self.freeze_all(node, f"permute {node.name} with dims not known when tracing")
+            return
+        layout = self.layout(source)
+        order = [d % rank for d in dims]
+        self.layouts[node] = Layout(order.index(layout.dim), layout.segments)
+
+    def concatenate(self, node: fx.Node, args: list[fx.Node]) -> None:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        layouts = [self.layout(a) for a in args]
+        rank = len(_shape(node))
+        if not isinstance(dim, int) or not layouts or any(l.dim != dim % rank for l in layouts) \
+                or any(len(_shape(a)) != rank for a in args):
+            self.freeze_all(node, f"concatenation {node.name} along a dimension that is not the channels")
+            return
+        self.layouts[node] = Layout(layouts[0].dim, tuple(s for l in layouts for s in l.segments))
+
+
 def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224) -> Trace:
     """Trace ``model`` at its maximum width and derive its channel units.
 
@@ -181,11 +582,20 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
 
     Returns:
         A :class:`Trace` whose units have names, maxima and frozen reasons but no choices yet.
+
+    Raises:
+        ValueError: the model is a transformer, or cannot be traced or run at this input size.
     """
+    _refuse_transformers(model)
     was_training = model.training
-    model.eval()  # trace the inference graph; aux heads and train-only branches are not slimmed
     try:
+        model.eval()  # the inference graph defines the units and the cost
         gm = _symbolic_trace(model)
+        model.train()  # the training graph adds train-only layers (auxiliary heads)
+        try:
+            train_gm = fx.symbolic_trace(model)
+        except Exception:  # a model that traces only in eval mode: no train-only layers are known
+            train_gm = None
     finally:
         model.train(was_training)
     try:
@@ -193,159 +603,37 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
     except Exception as error:
         raise ValueError(f"cannot run {type(model).__name__} on a 1x{in_channels}x{input_size}x{input_size} input: "
                          f"{str(error).splitlines()[0]}") from error
-    modules = dict(model.named_modules())
-    uf = _UnionFind()
-    unit_of: dict[fx.Node, int] = {}
-    producers: dict[int, list[str]] = {}
-    calls: list[tuple[str, str, str, int, int, int]] = []
-    origin: dict[int, str] = {}
-
-    def new_unit(size: int, reason: str | None = None, name: str | None = None) -> int:
-        uid = uf.new(size, reason)
-        if name:
-            origin[uid] = name
-        return uid
-
-    def channels_of(node: fx.Node) -> int:
-        shape = _shape(node)
-        return int(shape[1]) if shape is not None and len(shape) >= 2 else 1
-
-    def unit(node: fx.Node) -> int:
-        if node not in unit_of:  # e.g. a tensor from a get_attr
-            unit_of[node] = new_unit(channels_of(node), f"tensor {node.name} not produced by a traced layer", node.name)
-        return unit_of[node]
-
-    def freeze_all(node: fx.Node, reason: str) -> None:
-        for arg in _tensor_args(node):
-            uf.freeze(unit(arg), reason)
-        shape = _shape(node)
-        if shape is not None:
-            unit_of[node] = new_unit(channels_of(node), reason, node.name)
-
-    for node in gm.graph.nodes:
-        shape = _shape(node)
-        if node.op == "placeholder":
-            if shape is not None:
-                unit_of[node] = new_unit(channels_of(node), "image channels", "input")
-            continue
-        if node.op == "output":
-            for arg in _tensor_args(node):
-                uf.freeze(unit(arg), "network outputs")
-            continue
-        if shape is None:
-            continue  # sizes, attributes, tuples: no channels of their own
-        args = _tensor_args(node)
-        if node.op == "get_attr":
-            unit_of[node] = new_unit(channels_of(node), f"parameter {node.target} used directly", node.name)
-        elif node.op == "call_module":
-            name = str(node.target)
-            module = modules[name]
-            kind = type(module)
-            if kind is nn.Conv2d and len(args) == 1:
-                source = unit(args[0])
-                dw = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-                if dw:
-                    unit_of[node] = source
-                    calls.append((name, node.name, "dwconv", source, source, shape[2] * shape[3]))
-                    continue
-                out = new_unit(module.out_channels, name=name)
-                producers.setdefault(out, []).append(name)
-                if module.groups > 1:
-                    reason = f"grouped conv {name} (groups={module.groups})"
-                    uf.freeze(source, reason)
-                    uf.freeze(out, reason)
-                unit_of[node] = out
-                calls.append((name, node.name, "conv", source, out, shape[2] * shape[3]))
-            elif kind is nn.Linear and len(args) == 1:
-                source = unit(args[0])
-                out = new_unit(module.out_features, name=name)
-                producers.setdefault(out, []).append(name)
-                if len(_shape(args[0])) != 2:
-                    reason = f"linear {name} applied to a {len(_shape(args[0]))}-d tensor"
-                    uf.freeze(source, reason)
-                    uf.freeze(out, reason)
-                unit_of[node] = out
-                calls.append((name, node.name, "linear", source, out, 1))
-            elif kind is nn.BatchNorm2d and len(args) == 1:
-                unit_of[node] = unit(args[0])
-                calls.append((name, node.name, "bn", unit_of[node], unit_of[node], shape[2] * shape[3]))
-            elif isinstance(module, _ELEMENTWISE_MODULES + _POOL_MODULES) and len(args) == 1 and channels_of(args[0]) == channels_of(node):
-                unit_of[node] = unit(args[0])
-            elif isinstance(module, nn.Flatten) and len(args) == 1 and _flattens_pooled(args[0], node):
-                unit_of[node] = unit(args[0])
-            else:
-                freeze_all(node, f"unsupported module {kind.__name__} at {name}")
-        elif node.op in ("call_function", "call_method"):
-            target = node.target
-            label = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-            if target in _BINARY or target in _BINARY_METHODS:
-                _binary(node, args, unit, unit_of, uf, channels_of, freeze_all)
-            elif (target in _ELEMENTWISE_FUNCTIONS or target in _ELEMENTWISE_METHODS) and len(args) == 1 \
-                    and channels_of(args[0]) == channels_of(node) and len(_shape(args[0])) == len(shape):
-                unit_of[node] = unit(args[0])
-            elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and _flattens_pooled(args[0], node):
-                unit_of[node] = unit(args[0])
-            elif (target in _MEAN or target == "mean") and len(args) == 1 and _keeps_channels(args[0], node):
-                unit_of[node] = unit(args[0])
-            elif target in (torch.cat, torch.concat, torch.concatenate):
-                freeze_all(node, f"concatenation {node.name}")
-            else:
-                freeze_all(node, f"unsupported operation {label} ({node.name})")
+    tracer = _Tracer(dict(model.named_modules()))
+    tracer.run(gm)
+    eval_layouts = dict(tracer.layouts)
+    train_error = None
+    if train_gm is not None and _has_train_only_modules(gm, train_gm):
+        logger = logging.getLogger("torch._subclasses.fake_tensor")
+        disabled, logger.disabled = logger.disabled, True  # it logs a traceback for every failed shape check
+        try:
+            propagate_shapes(train_gm, in_channels, input_size, batch=2)
+        except Exception as error:
+            train_error = (f"{type(model).__name__} cannot run in training mode on {in_channels}x{input_size}x"
+                           f"{input_size} inputs (its training-only layers, such as auxiliary heads, need a larger "
+                           f"input): {str(error).splitlines()[0]}")
         else:
-            freeze_all(node, f"unsupported node {node.op} {node.name}")
-
-    return _collect(gm, uf, producers, origin, calls, modules, in_channels, input_size, unit_of)
-
-
-def _flattens_pooled(source: fx.Node, node: fx.Node) -> bool:
-    """True when ``node`` turns an (N, C, 1, 1) or (N, C) tensor into (N, C) without naming C literally."""
-    before, after = _shape(source), _shape(node)
-    if before is None or after is None or len(after) != 2 or len(before) < 2:
-        return False
-    if any(int(s) != 1 for s in before[2:]) or int(after[1]) != int(before[1]):
-        return False
-    channels = int(before[1])
-    literals = [a for a in list(node.args[1:]) + list(node.kwargs.values()) if isinstance(a, int)]
-    return channels == 1 or channels not in literals
+            tracer.layouts = {}
+            tracer.run(train_gm, train_only=True)
+        finally:
+            logger.disabled = disabled
+    trace = _collect(gm, tracer, in_channels, input_size, eval_layouts)
+    trace.train_error = train_error
+    return trace
 
 
-def _keeps_channels(source: fx.Node, node: fx.Node) -> bool:
-    """True for a reduction (``mean``) over spatial dims that keeps dim 1."""
-    before, after = _shape(source), _shape(node)
-    if before is None or after is None or len(after) < 2 or int(after[1]) != int(before[1]):
-        return False
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    dims = [dims] if isinstance(dims, int) else list(dims or [])
-    if not dims:
-        return False
-    return all(isinstance(d, int) and d % len(before) >= 2 for d in dims)
+def _has_train_only_modules(gm: fx.GraphModule, train_gm: fx.GraphModule) -> bool:
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    return any(n.op == "call_module" and str(n.target) not in called for n in train_gm.graph.nodes)
 
 
-def _binary(node, args, unit, unit_of, uf, channels_of, freeze_all) -> None:
-    """Elementwise op of two tensors: same channel count merges the units; a 1-channel operand broadcasts."""
-    shape = _shape(node)
-    if len(args) == 1:
-        if len(_shape(args[0])) == len(shape) and channels_of(args[0]) == channels_of(node):
-            unit_of[node] = unit(args[0])
-            return
-        freeze_all(node, f"broadcast in {node.name}")
-        return
-    if len(args) != 2 or any(len(_shape(a)) != len(shape) for a in args):
-        freeze_all(node, f"elementwise op {node.name} with operands of different rank")
-        return
-    a, b = args
-    ca, cb, c = channels_of(a), channels_of(b), channels_of(node)
-    if ca == cb == c:
-        unit_of[node] = uf.union(unit(a), unit(b))
-    elif ca == c and cb == 1:
-        unit_of[node] = unit(a)
-    elif cb == c and ca == 1:
-        unit_of[node] = unit(b)
-    else:
-        freeze_all(node, f"elementwise op {node.name} broadcasts channels")
-
-
-def _collect(gm, uf, producers, origin, raw_calls, modules, in_channels, input_size, unit_of) -> Trace:
+def _collect(gm: fx.GraphModule, tracer: _Tracer, in_channels: int, input_size: int,
+             layouts: dict[fx.Node, Layout]) -> Trace:
+    uf = tracer.uf
     roots: dict[int, int] = {}
     units: list[ChannelUnit] = []
 
@@ -356,33 +644,39 @@ def _collect(gm, uf, producers, origin, raw_calls, modules, in_channels, input_s
             units.append(ChannelUnit(name="", maximum=uf.size[root]))
         return roots[root]
 
+    def segments(parts: tuple[Segment, ...]) -> tuple[Segment, ...]:
+        return tuple((index(u), s) for u, s in parts)
+
     for uid in range(len(uf.parent)):  # units in graph order
         index(uid)
-    for uid in sorted(producers):  # producers in graph order: the first names the unit
-        units_index = index(uid)
-        units[units_index].producers.extend(producers[uid])
+    for uid in sorted(tracer.producers):  # producers in graph order: the first names the unit
+        units[index(uid)].producers.extend(tracer.producers[uid])
     calls: list[LayerCall] = []
-    for name, node_name, kind, in_uid, out_uid, spatial in raw_calls:
-        i, o = index(in_uid), index(out_uid)
-        calls.append(LayerCall(name, node_name, kind, i, o, int(spatial)))
-        if kind in ("bn", "dwconv"):
-            units[o].carriers.append(name)
+    for raw in tracer.calls:
+        call = LayerCall(raw["module"], raw["node"], raw["kind"], segments(raw["inputs"]), segments(raw["outputs"]),
+                         int(raw["out_spatial"]), raw["train_only"])
+        calls.append(call)
+        if call.kind in ("bn", "dwconv"):
+            for u, _ in call.outputs:
+                units[u].carriers.append(call.module)
         else:
-            units[i].consumers.append(name)
+            for u, _ in call.inputs:
+                units[u].consumers.append(call.module)
     for root, i in roots.items():
         unit = units[i]
         reasons = uf.reasons[root]
         unit.frozen = "; ".join(reasons) if reasons else None
+        unit.multiple = uf.multiple[root]
         if unit.producers:
             unit.name = unit.producers[0]
         else:
-            members = [u for u in origin if uf.find(u) == root]
-            unit.name = origin[min(members)] if members else f"unit{i}"
+            members = [u for u in tracer.origin if uf.find(u) == root]
+            unit.name = tracer.origin[min(members)] if members else f"unit{i}"
         for attr in ("producers", "consumers", "carriers"):
             setattr(unit, attr, list(dict.fromkeys(getattr(unit, attr))))
     _dedupe_names(units)
-    node_units = {node.name: index(uid) for node, uid in unit_of.items()}
-    return Trace(gm, in_channels, input_size, units, calls, modules, node_units)
+    node_layouts = {node.name: Layout(layout.dim, segments(layout.segments)) for node, layout in layouts.items()}
+    return Trace(gm, in_channels, input_size, units, calls, tracer.modules, node_layouts)
 
 
 def _dedupe_names(units: list[ChannelUnit]) -> None:

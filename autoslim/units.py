@@ -56,7 +56,9 @@ class ChannelUnit:
         frozen: why the unit cannot be slimmed, or ``None`` if it can.
         producers: modules whose output channels are this unit.
         consumers: modules whose input channels are this unit.
-        carriers: modules that pass it through (BatchNorm, depthwise conv).
+        carriers: modules that pass it through (BatchNorm, depthwise and other grouped convs with as many
+            outputs as inputs).
+        multiple: every count must be a multiple of this (a grouped conv's group width; 1 otherwise).
     """
 
     name: str
@@ -66,6 +68,7 @@ class ChannelUnit:
     producers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     carriers: list[str] = field(default_factory=list)
+    multiple: int = 1
 
     @property
     def slimmable(self) -> bool:

@@ -32,6 +32,29 @@ class _GatedNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.b(x), 1), 1))
 
 
+class _ConcatNet(nn.Module):
+    """Concatenations read by BatchNorm, a conv and a linear layer, a channels-last MLP, a flatten of a 2x2 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.norm = nn.BatchNorm2d(24)
+        self.mix = nn.Conv2d(24, 16, 1)
+        self.mlp1 = nn.Linear(16, 32)
+        self.mlp2 = nn.Linear(32, 16)
+        self.fc = nn.Linear(40 * 4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.cat([x, self.branch(x)], 1)
+        x = self.mix(torch.relu(self.norm(y)))
+        h = self.mlp2(nn.functional.gelu(self.mlp1(x.permute(0, 2, 3, 1))))
+        x = x + h.permute(0, 3, 1, 2)
+        z = torch.cat([x, y], dim=1)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 2), 1))
+
+
 def _trajectory(supernet, images, labels, reuse, **kwargs):
     scorer = BatchScorer(supernet, images, labels, reuse=reuse, **kwargs)
     choices = {u.name: u.choices for u in supernet.slimmable_units}
@@ -42,7 +65,8 @@ def _trajectory(supernet, images, labels, reuse, **kwargs):
 @pytest.mark.parametrize("make", [
     lambda: build_supernet(load_space("digits_cnn")),
     lambda: convert(_GatedNet(), input_size=8, divisor=4),
-], ids=["digits_cnn", "gated"])
+    lambda: convert(_ConcatNet(), input_size=8, divisor=4),
+], ids=["digits_cnn", "gated", "concat"])
 def test_reuse_and_plain_give_identical_trajectories(make):
     supernet = make().eval()
     generator = torch.Generator().manual_seed(0)
