@@ -35,7 +35,7 @@ import torch
 
 from .io import atomic_write
 from .settings import TrainSettings, settings_from_dict
-from .spaces import SearchSpace, build_supernet, load_space
+from .spaces import SearchSpace, build_supernet, configure_space, load_space
 from .supernet import Supernet
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ def rebuild_supernet(state: dict[str, Any], *, source: str = "checkpoint") -> tu
             changed since the run).
     """
     settings = settings_from_dict(state["settings"], source)
-    space = load_space(settings.space)
     options = state["space_options"]
+    space = configure_space(load_space(settings.space), width_mult=options.get("width_mult"))
     supernet = build_supernet(space, num_classes=options["num_classes"], input_size=options["input_size"])
     if unit_records(supernet) != state["units"]:
         raise ValueError(f"{source}: the channel units of space {settings.space!r} differ from the ones the run was "

@@ -45,7 +45,7 @@ from .joint import JointNetwork
 from .sandwich import WarmupCosine, build_optimizer, derive_seed
 from .settings import RUNTIME_KEYS, TrainSettings, load_settings, resolve_settings, settings_from_dict
 from .slimming import uniform_within
-from .spaces import SearchSpace, build_supernet, load_space
+from .spaces import SearchSpace, build_supernet, configure_space, load_space
 from .train import DivergedError, Report
 
 __all__ = ["FORMAT", "METRIC_COLUMNS", "BASELINES", "RetrainSettings", "RetrainResult", "resolve_retrain", "retrain",
@@ -143,6 +143,8 @@ def _space_of(config: ChannelConfig, path: str) -> SearchSpace:
     """The config's space, checked against the options the config was made with."""
     try:
         space = load_space(config.space)
+        if space.width_arg:  # a supernet of a width-multiplier builder may have been trained at another width
+            space = configure_space(space, width_mult=config.space_options.get("width_mult"))
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     for key in ("width_mult", "in_channels"):
@@ -223,7 +225,10 @@ def load_retrained(path: str | os.PathLike, *, device: str | torch.device = "cpu
     settings = settings_from_dict(state["settings"], str(checkpoint))
     options = state["space_options"]
     with torch.random.fork_rng(devices=[]):  # building seeds torch; leave the caller's generator alone
-        network, _ = build_network(load_space(settings.space), state["channels"], num_classes=options["num_classes"],
+        space = load_space(settings.space)
+        if space.width_arg:
+            space = configure_space(space, width_mult=options.get("width_mult"))
+        network, _ = build_network(space, state["channels"], num_classes=options["num_classes"],
                                    input_size=options["input_size"], seed=settings.seed)
     network.load_state_dict(state["model"])
     return network.to(device).eval()

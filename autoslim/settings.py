@@ -54,6 +54,7 @@ class TrainSettings:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         amp: bf16 autocast: ``auto`` (on for CUDA with bf16 support), ``on``, ``off``.
         channels_last: channels-last memory format: ``auto`` (off; see the README), ``on``, ``off``.
+        width_mult: the supernet's width multiplier, for spaces whose builder takes one (None: the space's).
     """
 
     space: str
@@ -76,6 +77,7 @@ class TrainSettings:
     device: str = "auto"
     amp: str = "auto"
     channels_last: str = "auto"
+    width_mult: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -96,6 +98,8 @@ class TrainSettings:
             raise ValueError("nesterov needs a positive momentum")
         if self.amp not in _AUTO_OFF_ON or self.channels_last not in _AUTO_OFF_ON:
             raise ValueError(f"amp and channels_last must be one of {', '.join(_AUTO_OFF_ON)}")
+        if self.width_mult is not None:
+            _check_float("width_mult", self.width_mult, positive=True)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -26,7 +26,8 @@ from .io import read_yaml
 from .supernet import Supernet, convert
 from .trace import trace_model
 
-__all__ = ["Recipe", "SearchSpace", "SPACES_DIR", "list_spaces", "load_space", "build_model", "build_supernet"]
+__all__ = ["Recipe", "SearchSpace", "SPACES_DIR", "list_spaces", "load_space", "configure_space", "build_model",
+           "build_supernet"]
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -120,6 +121,10 @@ def _space_from_dict(data: Any, name: str, path: str) -> SearchSpace:
     return space
 
 
+# Builders that pass ``width_mult`` through ``**kwargs`` to a network that uses it (others ignore or refuse it).
+_TORCHVISION_WIDTH_BUILDERS = {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"}
+
+
 def _torchvision_space(model_name: str) -> SearchSpace:
     import torchvision
 
@@ -127,7 +132,8 @@ def _torchvision_space(model_name: str) -> SearchSpace:
     if model_name not in builders:
         raise ValueError(f"unknown torchvision classification model {model_name!r}; e.g. {', '.join(builders[:8])}, ...")
     builder = f"torchvision.models:{model_name}"
-    width_arg = "width_mult" if "width_mult" in inspect.signature(_resolve(builder)).parameters else None
+    width_arg = "width_mult" if "width_mult" in inspect.signature(_resolve(builder)).parameters \
+        or model_name in _TORCHVISION_WIDTH_BUILDERS else None
     return SearchSpace(name=f"torchvision:{model_name}", builder=builder, description=f"torchvision {model_name}",
                        width_arg=width_arg, dataset="imagefolder")
 
@@ -151,6 +157,29 @@ def _resolve(builder: str) -> Callable[..., nn.Module]:
     if not hasattr(module, attr):
         raise ValueError(f"{module_name} has no function {attr!r}")
     return getattr(module, attr)
+
+
+def configure_space(space: SearchSpace, *, width_mult: float | None = None, num_classes: int | None = None,
+                    input_size: int | None = None) -> SearchSpace:
+    """``space`` with another supernet width, class count or input size (None keeps the space's).
+
+    Raises:
+        ValueError: a width for a space whose builder has no width argument, or a value out of range.
+    """
+    changes: dict[str, Any] = {}
+    if width_mult is not None and abs(float(width_mult) - space.width_mult) > 1e-9:
+        if not space.width_arg:
+            raise ValueError(f"space {space.name} has no width multiplier (its builder takes none); "
+                             f"only --width-mult {space.width_mult:g} exists")
+        if not float(width_mult) > 0:
+            raise ValueError(f"--width-mult must be positive, got {width_mult}")
+        changes["width_mult"] = float(width_mult)
+    for key, value in (("num_classes", num_classes), ("input_size", input_size)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+            changes[key] = value
+    return dataclasses.replace(space, **changes) if changes else space
 
 
 def build_model(space: SearchSpace, *, width: float | None = None, num_classes: int | None = None) -> nn.Module:

@@ -29,6 +29,8 @@ multiply-adds are not part of the network's cost, which is that of inference.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import operator
@@ -229,10 +231,14 @@ def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size:
 
     was_training = graph_module.training
     graph_module.eval()
-    try:
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    disabled, logger.disabled = logger.disabled, True  # on a failed shape check both log a traceback: the
+    try:                                               # caller turns the error into one line instead
         example = torch.zeros(batch, in_channels, input_size, input_size)
-        ShapeProp(graph_module, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(example)
+        with contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(graph_module, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(example)
     finally:
+        logger.disabled = disabled
         graph_module.train(was_training)
 
 
@@ -608,8 +614,6 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
     eval_layouts = dict(tracer.layouts)
     train_error = None
     if train_gm is not None and _has_train_only_modules(gm, train_gm):
-        logger = logging.getLogger("torch._subclasses.fake_tensor")
-        disabled, logger.disabled = logger.disabled, True  # it logs a traceback for every failed shape check
         try:
             propagate_shapes(train_gm, in_channels, input_size, batch=2)
         except Exception as error:
@@ -619,8 +623,6 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
         else:
             tracer.layouts = {}
             tracer.run(train_gm, train_only=True)
-        finally:
-            logger.disabled = disabled
     trace = _collect(gm, tracer, in_channels, input_size, eval_layouts)
     trace.train_error = train_error
     return trace

@@ -194,11 +194,11 @@ class _Trainer:
     def __init__(self, settings: TrainSettings, out: Path, device: torch.device, processes: ProcessGroup, *,
                  download: bool, callback: Callable[[Report], None] | None) -> None:
         from .data import load_dataset
-        from .spaces import build_supernet, load_space
+        from .spaces import build_supernet, configure_space, load_space
 
         self.settings, self.out, self.device, self.processes = settings, out, device, processes
         self.callback = callback if processes.main else None
-        space = load_space(settings.space)
+        space = configure_space(load_space(settings.space), width_mult=settings.width_mult)
         self.data = load_dataset(settings.dataset, data_dir=settings.data_dir, download=download, seed=settings.seed,
                                  search_size=settings.search_size)
         if self.data.in_channels != space.in_channels:

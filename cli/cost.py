@@ -14,17 +14,21 @@ __all__ = ["cost"]
 @click.option("--width", type=float, help="Uniform width multiplier (1.0 = the standard network).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="A channel config YAML.")
 @click.option("--input-size", type=click.IntRange(min=1), help="Input height and width (default: the space's).")
+@click.option("--width-mult", type=float, help="Supernet width, for builders with a width argument (default: the space's).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the classifier (default: the space's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def cost(space_name: str, width: float | None, config_path: str | None, input_size: int | None, as_json: bool) -> None:
+def cost(space_name: str, width: float | None, config_path: str | None, input_size: int | None,
+         width_mult: float | None, num_classes: int | None, as_json: bool) -> None:
     """MACs and parameters of SPACE at a uniform --width or a --config file.
 
-    MACs count the multiply-accumulates of conv and linear layers (the paper's "FLOPs").
+    SPACE is a bundled space, a YAML file, torchvision:NAME or path/to/file.py:function. MACs count the
+    multiply-accumulates of conv and linear layers (the paper's "FLOPs").
     """
     if (width is None) == (config_path is None):
         raise click.UsageError("give exactly one of --width W or --config FILE")
     from autoslim.budget import format_count
     from autoslim.config import load_config
-    from autoslim.spaces import build_supernet, load_space
+    from autoslim.spaces import build_supernet, configure_space, load_space
     from cli.console import console, table
 
     if config_path:
@@ -32,10 +36,13 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
         space = load_space(space_name)
         if loaded.space != space.name and loaded.space != space_name:
             raise ValueError(f"{config_path} is a config of space {loaded.space!r}, not {space.name!r}")
-        supernet = build_supernet(space, num_classes=loaded.space_options.get("num_classes"))
+        options = loaded.space_options
+        space = configure_space(space, width_mult=width_mult or (options.get("width_mult") if space.width_arg else None),
+                                num_classes=num_classes or options.get("num_classes"))
+        supernet = build_supernet(space)
         config = supernet.validate_config(loaded.channels)
     else:
-        space = load_space(space_name)
+        space = configure_space(load_space(space_name), width_mult=width_mult, num_classes=num_classes)
         supernet = build_supernet(space)
         if not 0 < width <= space.width_mult + 1e-9:
             raise ValueError(f"--width {width:g} is outside the range (0, {space.width_mult:g}] of space {space.name}")

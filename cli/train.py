@@ -37,6 +37,8 @@ def _search_size(value: str | None) -> int | float | None:
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "on", "off"]), help="bf16 autocast (auto: on for CUDA with bf16).")
 @click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), help="channels_last memory format (auto: off).")
+@click.option("--width-mult", type=float,
+              help="Supernet width, for spaces whose builder takes one (torchvision:mobilenet_v2; default: the space's).")
 @click.option("--log-every", type=int, help="Steps between rows of metrics.csv (default 50).")
 @click.option("--out", "out_dir", type=click.Path(), help="Run directory (default runs/SPACE).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out with its own settings.")
@@ -44,7 +46,7 @@ def _search_size(value: str | None) -> int | float | None:
 def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, download: bool, epochs: int | None,
                    fraction: float | None, batch_size: int | None, lr: float | None, num_subnets: int | None,
                    seed: int | None, search_size: str | None, device: str | None, amp: str | None,
-                   channels_last: str | None, log_every: int | None, out_dir: str | None, resume: bool,
+                   channels_last: str | None, width_mult: float | None, log_every: int | None, out_dir: str | None, resume: bool,
                    force: bool) -> None:
     """Train a universally slimmable supernet of SPACE (sandwich rule, in-place distillation).
 
@@ -55,14 +57,15 @@ def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, d
     if epochs is not None and fraction is not None:
         raise click.UsageError("give --epochs or --fraction, not both")
     from autoslim.settings import resolve_settings
-    from autoslim.spaces import load_space
+    from autoslim.spaces import configure_space, load_space
     from autoslim.train import train_supernet as train
 
-    space = load_space(space_name)
+    space = configure_space(load_space(space_name), width_mult=width_mult)
     settings = resolve_settings(
         space, fraction=fraction, dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
         num_subnets=num_subnets, seed=seed, search_size=_search_size(search_size), device=device, amp=amp,
-        channels_last=channels_last, log_every=log_every)
+        channels_last=channels_last, log_every=log_every,
+        width_mult=width_mult if width_mult is None else space.width_mult)
     out = out_dir or os.path.join("runs", space.name.replace(":", "_").replace("/", "_"))
     if int(os.environ.get("RANK", "0")) != 0:  # data-parallel workers stay quiet
         train(settings, out, resume=resume, force=force, download=download)
