@@ -73,7 +73,13 @@ class Supernet(nn.Module):
 
     @property
     def frozen_units(self) -> list[ChannelUnit]:
-        return [unit for unit in self.units if unit.frozen is not None]
+        """Frozen units that some layer produces, reads or carries (not intermediate tensors of frozen ops)."""
+        return [unit for unit in self.units if unit.frozen is not None and unit.modules]
+
+    @property
+    def layer_units(self) -> list[ChannelUnit]:
+        """The units that some layer produces, reads or carries: the slimmable and the frozen ones."""
+        return [unit for unit in self.units if unit.frozen is None or unit.modules]
 
     def unit(self, name: str) -> ChannelUnit:
         if name not in self._index:

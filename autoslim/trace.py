@@ -264,6 +264,13 @@ def _label(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
+def _where(node: fx.Node) -> str:
+    """The innermost module a node was traced in (``features.2.branch2``), or its node name at the top level."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack.values()), ("", None))[0] if stack else ""
+    return path or node.name
+
+
 class _Tracer:
     """Derives layouts and units from one or more graphs of the same model (inference, then training mode)."""
 
@@ -344,7 +351,7 @@ class _Tracer:
             except ValueError:
                 raise
             except Exception as error:  # a pattern we did not foresee: freeze it rather than fail
-                self.freeze_all(node, f"cannot analyse {node.name}: {type(error).__name__}")
+                self.freeze_all(node, f"cannot analyse in {_where(node)}: {type(error).__name__}")
 
     def visit(self, node: fx.Node) -> None:
         shape = _shape(node)
@@ -369,7 +376,7 @@ class _Tracer:
         elif node.op in ("call_function", "call_method"):
             self.visit_function(node, args)
         else:
-            self.freeze_all(node, f"unsupported node {node.op} {node.name}")
+            self.freeze_all(node, f"unsupported node {node.op} in {_where(node)}")
 
     def visit_untyped(self, node: fx.Node) -> None:
         """Nodes without a tensor output: shape queries are harmless, splits and the like are not."""
@@ -383,9 +390,9 @@ class _Tracer:
         if isinstance(node.target, type) and issubclass(node.target, tuple):  # GoogLeNetOutputs(logits, aux2, aux1)
             reason = "network outputs"
         elif node.target in _SPLITS:
-            reason = f"split along the channels ({_label(node.target)} {node.name})"
+            reason = f"split along the channels ({_label(node.target)} in {_where(node)})"
         else:
-            reason = f"unsupported operation {_label(node.target)} ({node.name})"
+            reason = f"unsupported operation {_label(node.target)} (in {_where(node)})"
         for arg in args:
             self.freeze(self.layout(arg), reason)
         self.untyped_reasons[node] = reason
@@ -473,7 +480,7 @@ class _Tracer:
         elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and self.flatten(node, args[0]):
             pass
         elif target in _FLATTEN or target in _RESHAPE_METHODS or target in ("transpose", torch.transpose):
-            self.freeze_all(node, f"{label} {node.name} mixes the channels with other dims (e.g. a channel shuffle)")
+            self.freeze_all(node, f"{label} in {_where(node)} mixes the channels with other dims (channel shuffle)")
         elif (target in _MEAN or target == "mean") and len(args) == 1 and self.keeps_channels(args[0], node):
             self.layouts[node] = self.layout(args[0])
         elif (target in _PERMUTE or target == "permute") and len(args) == 1:
@@ -487,7 +494,7 @@ class _Tracer:
             source = node.args[0]
             self.layouts[node] = self.fresh(node, self.untyped_reasons.get(source, f"part of {_label(source)}"))
         else:
-            self.freeze_all(node, f"unsupported operation {label} ({node.name})")
+            self.freeze_all(node, f"unsupported operation {label} (in {_where(node)})")
 
     # -- patterns -------------------------------------------------------------------------------------------
 
@@ -498,30 +505,30 @@ class _Tracer:
             if self.carries(args[0], node):
                 self.layouts[node] = self.layout(args[0])
             else:
-                self.freeze_all(node, f"broadcast in {node.name}")
+                self.freeze_all(node, f"broadcast in in {_where(node)}")
             return
         if len(args) != 2:
-            self.freeze_all(node, f"elementwise op {node.name} of {len(args)} tensors")
+            self.freeze_all(node, f"elementwise op in {_where(node)} of {len(args)} tensors")
             return
         params = [a for a in args if a.op == "get_attr"]
         if params:
-            self.freeze_all(node, f"parameter {params[0].target} used directly in {node.name}")
+            self.freeze_all(node, f"parameter {params[0].target} used directly in arithmetic")
             return
         if any(len(_shape(a)) != len(shape) for a in args):
-            self.freeze_all(node, f"elementwise op {node.name} with operands of different rank")
+            self.freeze_all(node, f"elementwise op in {_where(node)} with operands of different rank")
             return
         a, b = (self.layout(x) for x in args)
         ca, cb, c = (int(_shape(x)[a.dim]) for x in (args[0], args[1], node))
         if a.dim != b.dim:
-            self.freeze_all(node, f"elementwise op {node.name} of tensors with channels in different dims")
+            self.freeze_all(node, f"elementwise op in {_where(node)} of tensors with channels in different dims")
         elif ca == cb == c:
-            self.layouts[node] = self.tie(a, b, f"elementwise op {node.name} of differently concatenated tensors")
+            self.layouts[node] = self.tie(a, b, f"elementwise op in {_where(node)} of differently concatenated tensors")
         elif ca == c and cb == 1:
             self.layouts[node] = a
         elif cb == c and ca == 1:
             self.layouts[node] = b
         else:
-            self.freeze_all(node, f"elementwise op {node.name} broadcasts channels")
+            self.freeze_all(node, f"elementwise op in {_where(node)} broadcasts channels")
 
     def flatten(self, node: fx.Node, source: fx.Node) -> bool:
         """``(N, C, H, W) -> (N, C*H*W)`` (channel-major: a prefix of channels is a prefix of features)."""
@@ -561,7 +568,7 @@ class _Tracer:
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
         if not all(isinstance(d, int) for d in dims) or len(dims) != rank:
-            self.freeze_all(node, f"permute {node.name} with dims not known when tracing")
+            self.freeze_all(node, f"permute in {_where(node)} with dims not known when tracing")
             return
         layout = self.layout(source)
         order = [d % rank for d in dims]
@@ -573,7 +580,7 @@ class _Tracer:
         rank = len(_shape(node))
         if not isinstance(dim, int) or not layouts or any(l.dim != dim % rank for l in layouts) \
                 or any(len(_shape(a)) != rank for a in args):
-            self.freeze_all(node, f"concatenation {node.name} along a dimension that is not the channels")
+            self.freeze_all(node, f"concatenation in {_where(node)} along a dimension that is not the channels")
             return
         self.layouts[node] = Layout(layouts[0].dim, tuple(s for l in layouts for s in l.segments))
 

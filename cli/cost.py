@@ -53,7 +53,7 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
         print(json.dumps({"space": space.name, "width": width, "config": config_path, "input_size": size,
                           "macs": int(result.macs), "params": int(result.params), "channels": config}))
         return
-    rows = [[unit.name, config.get(unit.name, unit.maximum), unit.maximum, unit.frozen or ""] for unit in supernet.units]
+    rows = [[unit.name, config.get(unit.name, unit.maximum), unit.maximum, unit.frozen or ""] for unit in supernet.layer_units]
     console.print(table(f"{space.name} at {'width ' + format(width, 'g') if width else config_path}",
                         ["unit", "channels", "max", "frozen because"], rows, justify_right={"channels", "max"}))
     console.print(f"MACs {result.macs:,} ({format_count(result.macs)}), params {result.params:,} "

@@ -27,12 +27,12 @@ def spaces(units_of: str | None, input_size: int | None, width_mult: float | Non
                                 input_size=input_size)
         supernet = build_supernet(space)
         rows = []
-        for unit in supernet.units:
+        for unit in supernet.layer_units:
             choices = ", ".join(str(c) for c in unit.choices) if unit.frozen is None else "-"
             layers = unit.modules
             shown = ", ".join(layers[:3]) + (f" (+{len(layers) - 3})" if len(layers) > 3 else "")
             rows.append([unit.name, unit.maximum, choices, shown, unit.frozen or ""])
-        share = len(supernet.slimmable_units) / len(supernet.units)
+        share = len(supernet.slimmable_units) / len(supernet.layer_units)
         console.print(table(f"{space.name}: {len(supernet.slimmable_units)} slimmable ({share:.0%}), "
                             f"{len(supernet.frozen_units)} frozen units; {format_count(supernet.cost().macs)} MACs at "
                             f"{space.in_channels}x{space.input_size}x{space.input_size}",

@@ -60,8 +60,8 @@ def test_torchvision_family_converts(family, name, size, share):
     cost = supernet.cost()
     assert (cost.macs, cost.params) == _measured(model, traced)
 
-    slimmable = len(supernet.slimmable_units) / len(supernet.units)
-    print(f"{family}: {len(supernet.slimmable_units)}/{len(supernet.units)} units slimmable ({slimmable:.0%})")
+    slimmable = len(supernet.slimmable_units) / len(supernet.layer_units)
+    print(f"{family}: {len(supernet.slimmable_units)}/{len(supernet.layer_units)} units slimmable ({slimmable:.0%})")
     assert slimmable >= share
     for unit in supernet.frozen_units:
         assert unit.frozen  # every frozen unit says why

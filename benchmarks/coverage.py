@@ -1,0 +1,50 @@
+"""The README's coverage table: one torchvision model per CNN family, converted unmodified.
+
+    python benchmarks/coverage.py > coverage.md
+
+For each model: units slimmable / all, the frozen units grouped by reason, and the MACs at width 1.0
+(224x224; 299x299 for Inception v3), which equal FlopCounterMode / 2 of the torchvision model
+(``tests/test_torchvision.py`` checks that).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from autoslim.budget import format_count  # noqa: E402
+from autoslim.supernet import convert  # noqa: E402
+from tests.test_torchvision import FAMILIES, _AUX  # noqa: E402
+
+
+def _reason(text: str) -> str:
+    """A frozen reason without the layer names, so that units frozen for the same cause group together."""
+    first = text.split("; ")[0]
+    first = re.sub(r"\b(at|in|conv|parameter|LayerNorm) (?!arithmetic)[\w.#]+", r"\1 …", first)
+    return re.sub(r"\s+", " ", first).strip()
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    print("| family | model | slimmable units | frozen units and why | MACs at 1.0 |")
+    print("|---|---|---|---|---|")
+    for family, name, _, _ in FAMILIES:
+        model = torchvision.models.get_model(name, weights=None, **_AUX.get(name, {}))
+        size = 299 if name == "inception_v3" else 224
+        supernet = convert(model, input_size=size)
+        reasons = Counter(_reason(u.frozen) for u in supernet.frozen_units)
+        frozen = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        slim = len(supernet.slimmable_units)
+        total = len(supernet.layer_units)
+        print(f"| {family} | `{name}` | {slim} / {total} ({slim / total:.0%}) | {frozen} | "
+              f"{format_count(supernet.cost().macs)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
