@@ -47,9 +47,42 @@ def print_frame(frame, title: str | None = None, right: set[str] | None = None) 
                         justify_right=numeric | (right or set())))
 
 
+class _LoggedProgress(Progress):
+    """A progress bar that, when output is not a terminal (nohup, CI, a pipe), prints a plain line instead at
+    most every ``every`` seconds: rich draws nothing there until the end."""
+
+    every = 30.0
+
+    def update(self, task_id, **kwargs) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        if self.console.is_terminal:
+            return
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now = task.get_time()
+        last = task.fields.get("_logged_at")
+        finished = task.total is not None and task.completed >= task.total
+        if last is not None and now - last < self.every and not finished:
+            return
+        task.fields["_logged_at"] = now
+        eta = task.time_remaining
+        self.console.print(f"{task.description}: {task.completed:,.0f}/{task.total or 0:,.0f} "
+                           f"{task.fields.get('info', '')} elapsed {_clock(task.elapsed)}"
+                           f"{'' if eta is None else ' eta ' + _clock(eta)}", highlight=False)
+
+
+def _clock(seconds: float | None) -> str:
+    seconds = int(seconds or 0)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def progress(*, transient: bool = False) -> Progress:
-    """A progress bar with counts, elapsed time and ETA; extra fields render as ``{task.fields[...]}``."""
-    return Progress(
+    """A progress bar with counts, elapsed time and ETA; extra fields render as ``{task.fields[...]}``.
+
+    Where output is not a terminal it prints a line every 30 seconds instead.
+    """
+    return _LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -76,3 +76,22 @@ def test_help_does_not_import_torch():
     code = "import sys; from cli.main import cli; cli(['--help'], standalone_mode=False); print('torch' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip().splitlines()[-1] == "False"
+
+
+def test_progress_prints_periodic_lines_when_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from cli.console import _LoggedProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = _LoggedProgress(console=Console(file=out, width=120), get_time=lambda: now[0])
+    task = bar.add_task("epoch 1/3", total=100, info="")
+    for step in range(1, 101):
+        now[0] = step * 1.0  # one second per step: a line every 30 steps, and the last one
+        bar.update(task, completed=step, info=f"loss {step}")
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("epoch 1/3:")]
+    assert [line.split()[2] for line in lines] == ["1/100", "31/100", "61/100", "91/100", "100/100"]
+    assert "eta" in lines[1] and "loss 31" in lines[1]
