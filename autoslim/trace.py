@@ -106,12 +106,8 @@ class LayerCall:
     train_only: bool = False  # runs only in training mode (auxiliary heads): no part of the inference cost
 
     @property
-    def in_unit(self) -> int:
-        """The input's unit, for a layer reading one unit (the first part of a concatenation otherwise)."""
-        return self.inputs[0][0]
-
-    @property
     def out_unit(self) -> int:
+        """The unit a conv or linear layer starts (for BatchNorm and depthwise convs: their input's first part)."""
         return self.outputs[0][0]
 
 
@@ -133,12 +129,6 @@ class Trace:
 
     def unit_index(self) -> dict[str, int]:
         return {unit.name: i for i, unit in enumerate(self.units)}
-
-    @property
-    def node_units(self) -> dict[str, int]:
-        """Graph node -> unit of its channels, for nodes whose channels are one unit."""
-        return {name: layout.segments[0][0] for name, layout in self.node_layouts.items()
-                if len(layout.segments) == 1 and layout.segments[0][1] == 1}
 
     def spatial_sizes(self, input_size: int) -> list[int]:
         """Output spatial size (H * W) of every call at another input size (fake tensors: no compute)."""

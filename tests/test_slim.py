@@ -92,3 +92,52 @@ def test_slim_batchnorm_cumulative_average():
     expected = torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0)
     assert_close(slim.running_mean[:4], expected)
     assert torch.all(slim.running_mean[4:] == 0)
+
+
+def test_grouped_conv_with_equal_counts_runs_whole_groups():
+    conv = nn.Conv2d(32, 32, 3, padding=1, groups=8, bias=False)  # ResNeXt-style: groups of 4 channels
+    slim = to_slim(conv)
+    slim.set_active(12, 12)  # the first 3 groups
+    plain = nn.Conv2d(12, 12, 3, padding=1, groups=3, bias=False)
+    with torch.no_grad():
+        plain.weight.copy_(conv.weight[:12])
+    x = torch.randn(2, 12, 5, 5)
+    assert_close(slim(x), plain(x))
+    full = torch.cat([x, torch.randn(2, 20, 5, 5)], 1)  # the first 3 groups of the full conv read only x
+    assert_close(slim(x), conv(full)[:, :12])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        slim.set_active(10, 10)
+
+
+def test_layers_reading_a_concatenation_gather_the_parts():
+    # input = cat(a: 8 of 16 channels, b: 4 of 8), a layer reads channels 0..7 and 16..19 of its full input
+    ranges = ((0, 8), (16, 20))
+    index = torch.tensor(list(range(0, 8)) + list(range(16, 20)))
+    conv = nn.Conv2d(24, 6, 1)
+    slim = to_slim(conv)
+    slim.set_active(12, 6, ranges)
+    x = torch.randn(2, 12, 3, 3)
+    assert_close(slim(x), nn.functional.conv2d(x, conv.weight[:, index], conv.bias))
+    linear = nn.Linear(24, 5)
+    slim_linear = to_slim(linear)
+    slim_linear.set_active(12, 5, ranges)
+    v = torch.randn(3, 12)
+    assert_close(slim_linear(v), nn.functional.linear(v, linear.weight[:, index], linear.bias))
+
+    bn = nn.BatchNorm2d(24)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    slim_bn = to_slim(bn).train()
+    slim_bn.set_active(12, ranges)
+    y = torch.randn(4, 12, 3, 3) * 3 + 1
+    out = slim_bn(y)
+    expected = nn.functional.batch_norm(y, None, None, bn.weight[index], bn.bias[index], True)
+    assert_close(out, expected)
+    moved = bn.running_mean[index]
+    assert torch.all(moved != 0)  # the statistics of the active channels were written back in place
+    untouched = torch.ones(24, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.all(bn.running_mean[untouched] == 0) and torch.all(bn.running_var[untouched] == 1)
+    with pytest.raises(ValueError, match="hold 12 channels"):
+        slim_bn.set_active(10, ranges)

@@ -5,6 +5,7 @@
 #
 #   results/cifar10_resnet20/reproduce.sh            # from the repository root, with the venv of the README
 #   EPOCHS=10 RETRAIN_EPOCHS=30 SEEDS="0 1" DEVICE=cuda results/cifar10_resnet20/reproduce.sh
+#   PARALLEL=1 results/cifar10_resnet20/reproduce.sh   # on a CPU: retrain the seeds side by side, one thread each
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
@@ -32,13 +33,20 @@ flops=(); for b in $BUDGETS; do flops+=(--flops "$b"); done
 log "search: $BUDGETS"
 "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" --device "$DEVICE" --out "$RUNS/search"
 
-for seed in $SEEDS; do
+retrain_seed() {
+  local seed=$1
   for b in $BUDGETS; do
     log "retrain flops-$b seed $seed: searched and uniform, $RETRAIN_EPOCHS epochs each"
     "$AUTOSLIM" retrain "$RUNS/search/configs/flops-$b.yaml" --baseline uniform --epochs "$RETRAIN_EPOCHS" \
       --seed "$seed" --device "$DEVICE" --out "$RUNS/retrain/flops-$b/seed$seed"
   done
-done
+}
+if [ "${PARALLEL:-0}" = 1 ]; then
+  for seed in $SEEDS; do OMP_NUM_THREADS=1 retrain_seed "$seed" > "$RUNS/retrain-seed$seed.log" 2>&1 & done
+  wait
+else
+  for seed in $SEEDS; do retrain_seed "$seed"; done
+fi
 
 log "collecting figures into $RESULTS"
 "$PYTHON" "$RESULTS/make_table.py" "$RUNS" "$RESULTS"
