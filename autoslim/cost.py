@@ -56,12 +56,15 @@ class CostModel:
                 continue
             seen.add(call.module)
             counted += sum(p.numel() for p in module.parameters(recurse=False))
-            if call.kind == "bn":
+            if call.kind in ("bn", "ln"):
                 per_param = int(module.weight is not None) + int(module.bias is not None)
                 self._layers.append(("bn", call.inputs, call.out_unit, per_param, 0, 1, 1))
             else:
                 self._layers.append((call.kind, call.inputs, call.out_unit, per, int(module.bias is not None), groups,
                                      width))
+        for use in trace.parameters:  # per-channel parameters used directly (layer scale)
+            counted += modules[use.owner]._parameters[use.name].numel()
+            self._layers.append(("bn", ((use.unit, 1),), use.unit, use.per_channel, 0, 1, 1))
         self._fixed_params = count_parameters(modules[""]) - counted
         self._spatial: dict[int, list[int]] = {trace.input_size: [c.out_spatial for c in trace.calls]}
 
@@ -75,7 +78,7 @@ class CostModel:
         spatial = self.spatial(self._trace.input_size if input_size is None else input_size)
         result = []
         for (kind, inputs, o, per, groups, width, counted), hw in zip(self._calls, spatial):
-            if not counted or kind == "bn":
+            if not counted or kind in ("bn", "ln"):
                 result.append(0)
                 continue
             n_in = counts[inputs[0][0]] * inputs[0][1] if len(inputs) == 1 else sum(counts[u] * s for u, s in inputs)

@@ -33,7 +33,7 @@ from .checkpoint import CHECKPOINT_NAME, Run, load_run
 from .config import ChannelConfig, load_config, save_config
 from .io import atomic_write, read_yaml
 from .search import Target, pick, read_trajectory
-from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
+from .slim import SlimBatchNorm2d, SlimConv2d, SlimLayerNorm, SlimLinear, unslice_parameters
 from .supernet import Supernet
 
 __all__ = ["materialize", "to_static", "ExportCheck", "export_torchscript", "export_program", "export_onnx",
@@ -52,6 +52,8 @@ def materialize(supernet: Supernet, config: Mapping[str, int] | None = None) -> 
         static = copy.deepcopy(supernet.model)
     finally:
         supernet.set_config(previous)
+    for module in static.modules():
+        unslice_parameters(module)  # per-channel parameters used directly: cut to the config, own class back
     for name, module in list(static.named_modules()):
         plain = to_static(module)
         if plain is not module:
@@ -92,6 +94,17 @@ def to_static(module: nn.Module) -> nn.Module:
             plain.running_mean.copy_(mean)
             plain.running_var.copy_(var)
             plain.num_batches_tracked.copy_(module.num_batches_tracked)
+    elif isinstance(module, SlimLayerNorm):
+        k = module.active
+        reference = module.weight if module.weight is not None else None
+        if reference is not None:
+            factory = {"device": reference.device, "dtype": reference.dtype}
+        plain = module.__dict__["_plain_type"](k, eps=module.eps, elementwise_affine=module.elementwise_affine,
+                                               bias=module.bias is not None, **factory)
+        if module.weight is not None:
+            plain.weight.copy_(module.weight[:k])
+        if module.bias is not None:
+            plain.bias.copy_(module.bias[:k])
     else:
         return module
     plain.train(module.training)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .search import Score
-from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear
+from .slim import SlimBatchNorm2d, SlimConv2d, SlimLayerNorm, SlimLinear
 from .supernet import Supernet
 
 __all__ = ["BatchScorer", "batch_statistics"]
@@ -34,7 +34,7 @@ class _SlimTracer(fx.Tracer):
     """Keeps slim layers as leaves, so their active counts stay attributes and not traced constants."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d, SlimLayerNorm)) or super().is_leaf_module(m, qualname)
 
 
 @contextlib.contextmanager
@@ -78,9 +78,17 @@ class BatchScorer:
         self.supernet = supernet
         self.images, self.labels = images, labels
         self.calibration = calibration
-        self.reuse = reuse and calibration is None
+        # Per-channel parameters read directly in forward (ConvNeXt's layer scale) are sliced on attribute
+        # access, which a traced graph would freeze: such networks are scored by running them whole.
+        self.reuse = reuse and calibration is None and not supernet.trace.parameters
         self.macs_executed = 0
         self.layer_calls = 0
+        calls = supernet.trace.calls
+        self._weighted = [call.kind not in ("bn", "ln") for call in calls]
+        if not self.reuse:
+            self._nodes = [None]
+            self._call_positions = [-1 if call.train_only else 0 for call in calls]
+            return
         was_training = supernet.model.training
         supernet.model.eval()  # the inference graph, as traced for the units (no auxiliary heads)
         try:
@@ -95,9 +103,7 @@ class BatchScorer:
         for node in self._nodes:
             if node.op == "call_module":
                 first_call.setdefault(str(node.target), self._position[node])
-        calls = supernet.trace.calls
         self._call_positions = [first_call.get(call.module, -1) for call in calls]
-        self._weighted = [call.kind != "bn" for call in calls]
         index = {unit.name: i for i, unit in enumerate(supernet.units)}
         self._index = index
         node_layouts = supernet.trace.node_layouts
@@ -106,7 +112,7 @@ class BatchScorer:
         # network's with fewer channels (conv outputs, BatchNorm over the batch, activations: all per channel).
         self._start: dict[str, int] = {}
         for unit in supernet.slimmable_units:
-            readers = [first_call[c.module] for c in calls if c.kind in ("conv", "linear") and c.module in first_call
+            readers = [first_call[c.module] for c in calls if c.kind in ("conv", "linear", "ln") and c.module in first_call
                        and any(u == index[unit.name] for u, _ in c.inputs)]
             touched = [first_call[m] for m in unit.modules if m in first_call]
             self._start[unit.name] = min(readers) if readers else min(touched, default=0)
@@ -140,9 +146,9 @@ class BatchScorer:
 
             recalibrate(self.supernet, self.calibration)
             self.supernet.eval()
-            return self._score(self.graph_module(self.images))
+            return self._score(self.supernet.model(self.images))
         with batch_statistics(self.supernet):
-            return self._score(self.graph_module(self.images))
+            return self._score(self.supernet.model(self.images))
 
     # -- reuse ------------------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SlimConv2d", "SlimLinear", "SlimBatchNorm2d", "SLIM_TYPES", "to_slim", "Ranges"]
+__all__ = ["SlimConv2d", "SlimLinear", "SlimBatchNorm2d", "SlimLayerNorm", "SlimLayerNorm2d", "SLIM_TYPES", "to_slim",
+           "Ranges", "is_layer_norm_2d", "slice_parameters", "set_parameter_count", "unslice_parameters"]
 
 Ranges = Optional[tuple[tuple[int, int], ...]]
 
@@ -213,11 +214,50 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+class SlimLayerNorm(nn.LayerNorm):
+    """A ``LayerNorm`` over the last dimension (channels-last tensors) normalising its first ``active`` channels.
+
+    Unlike BatchNorm it mixes channels: every output depends on the mean and variance over all active ones.
+    """
+
+    def _init_active(self) -> None:
+        self.active = self.normalized_shape[0]
+
+    def set_active(self, channels: int) -> None:
+        if not 0 < channels <= self.normalized_shape[0]:
+            raise ValueError(f"active count {channels} outside 1..{self.normalized_shape[0]}")
+        self.active = channels
+
+    def _norm(self, x: Tensor) -> Tensor:
+        k = self.active
+        weight = None if self.weight is None else self.weight[:k, ...]
+        bias = None if self.bias is None else self.bias[:k, ...]
+        return F.layer_norm(x, (k,), weight, bias, self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._norm(x)
+
+
+class SlimLayerNorm2d(SlimLayerNorm):
+    """torchvision's ``LayerNorm2d`` (a LayerNorm over dim 1 of NCHW tensors: ConvNeXt), on ``active`` channels."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 SLIM_TYPES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: SlimConv2d,
     nn.Linear: SlimLinear,
     nn.BatchNorm2d: SlimBatchNorm2d,
+    nn.LayerNorm: SlimLayerNorm,
 }
+
+
+def is_layer_norm_2d(module: nn.Module) -> bool:
+    """torchvision's ``LayerNorm2d`` (ConvNeXt), recognised without importing torchvision."""
+    kind = type(module)
+    return kind.__name__ == "LayerNorm2d" and kind.__module__.startswith("torchvision.") \
+        and isinstance(module, nn.LayerNorm)
 
 
 def to_slim(module: nn.Module) -> nn.Module:
@@ -227,12 +267,61 @@ def to_slim(module: nn.Module) -> nn.Module:
     forward are not slim-able and are returned unchanged.
     """
     slim_type = SLIM_TYPES.get(type(module))
+    if slim_type is None and is_layer_norm_2d(module):
+        slim_type = SlimLayerNorm2d
     if slim_type is None:
+        return module
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
         return module
     slim = slim_type.__new__(slim_type)
     slim.__dict__ = module.__dict__.copy()
     slim._parameters = dict(module._parameters)
     slim._buffers = dict(module._buffers)
     slim._modules = dict(module._modules)
+    slim.__dict__["_plain_type"] = type(module)  # what ``to_static`` builds
     slim._init_active()
     return slim
+
+
+class _SlicedParameters:
+    """Mixin for a module whose forward uses per-channel parameters directly (ConvNeXt's ``layer_scale``):
+    reading such a parameter gives its first ``active`` channels along its channel dimension."""
+
+    def __getattr__(self, name: str):
+        value = super().__getattr__(name)  # type: ignore[misc]  # nn.Module finds parameters here
+        spec = self.__dict__.get("_sliced_parameters", {}).get(name)
+        if spec is not None and isinstance(value, Tensor) and spec[1] < value.shape[spec[0]]:
+            value = value.narrow(spec[0], 0, spec[1])
+        return value
+
+
+_SLICED_CLASSES: dict[type, type] = {}
+
+
+def slice_parameters(module: nn.Module, name: str, dim: int) -> None:
+    """Make ``module.<name>`` (a parameter) read as a prefix along ``dim``; :func:`set_parameter_count` sets it."""
+    kind = type(module)
+    if not isinstance(module, _SlicedParameters):
+        if kind not in _SLICED_CLASSES:
+            _SLICED_CLASSES[kind] = type(f"Sliced{kind.__name__}", (_SlicedParameters, kind), {"__module__": __name__})
+        module.__dict__["_unsliced_type"] = kind
+        module.__class__ = _SLICED_CLASSES[kind]
+    module.__dict__.setdefault("_sliced_parameters", {})[name] = [dim, module._parameters[name].shape[dim]]
+
+
+def set_parameter_count(module: nn.Module, name: str, count: int) -> None:
+    module.__dict__["_sliced_parameters"][name][1] = count
+
+
+def unslice_parameters(module: nn.Module) -> nn.Module:
+    """Turn a module of :func:`slice_parameters` back into its own class, its parameters cut to the active
+    counts (copies)."""
+    specs = module.__dict__.pop("_sliced_parameters", None)
+    if specs is None:
+        return module
+    with torch.no_grad():
+        for name, (dim, count) in specs.items():
+            value = module._parameters[name]
+            module._parameters[name] = nn.Parameter(value.narrow(dim, 0, count).clone(), value.requires_grad)
+    module.__class__ = module.__dict__.pop("_unsliced_type")
+    return module

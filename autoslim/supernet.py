@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 from torch import Tensor, nn
 
 from .cost import Cost, CostModel
-from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear, to_slim
+from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear, set_parameter_count, slice_parameters, to_slim
 from .trace import Trace, trace_model
 from .units import ChannelUnit, make_divisible, unit_choices
 
@@ -62,6 +62,7 @@ class Supernet(nn.Module):
                     starts.append(offset)
                     offset += self.units[u].maximum * scale
                 self._layers.append((modules[call.module], call.kind, call.inputs, call.out_unit, tuple(starts)))
+        self._sliced_parameters = [(modules[use.owner], use.name, use.unit) for use in trace.parameters]
         self._counts = [unit.maximum for unit in self.units]
 
     # -- configs ---------------------------------------------------------------------------------
@@ -144,10 +145,14 @@ class Supernet(nn.Module):
                                                  for (u, scale), start in zip(inputs, starts))
             if kind == "bn":
                 module.set_active(n_in, ranges)
+            elif kind == "ln":
+                module.set_active(n_in)
             elif kind == "dwconv":
                 module.set_active(n_in, n_in)
             else:
                 module.set_active(n_in, counts[o], ranges)
+        for owner, name, unit in self._sliced_parameters:
+            set_parameter_count(owner, name, counts[unit])
         self._counts = counts
 
     @property
@@ -231,6 +236,8 @@ def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, gr
     slim_names = {call.module for call in trace.calls}
     for name in slim_names:
         _replace(model, name, to_slim(trace.modules[name]))
+    for use in trace.parameters:
+        slice_parameters(model.get_submodule(use.owner), use.name, use.dim)
     return Supernet(model, trace, width_mult=width_mult, uniform=uniform)
 
 

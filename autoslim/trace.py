@@ -42,9 +42,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .slim import is_layer_norm_2d
 from .units import ChannelUnit
 
-__all__ = ["Trace", "LayerCall", "Layout", "trace_model", "propagate_shapes"]
+__all__ = ["Trace", "LayerCall", "Layout", "ParameterUse", "trace_model", "propagate_shapes", "symbolic_trace"]
 
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -111,6 +112,17 @@ class LayerCall:
         return self.outputs[0][0]
 
 
+@dataclass(frozen=True)
+class ParameterUse:
+    """A per-channel parameter used directly in ``forward`` (``self.layer_scale * x``): sliced with its unit."""
+
+    owner: str  # the module holding it
+    name: str  # its attribute name
+    unit: int
+    dim: int  # its channel dimension
+    per_channel: int  # elements per channel
+
+
 @dataclass
 class Trace:
     """What tracing found: the channel units and, per module call, which units it reads and writes.
@@ -126,6 +138,7 @@ class Trace:
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
     node_layouts: dict[str, Layout] = field(repr=False, default_factory=dict)  # inference graph node -> layout
     train_error: str | None = None  # why the training-mode graph could not be analysed (it has train-only layers)
+    parameters: list[ParameterUse] = field(default_factory=list)
 
     def unit_index(self) -> dict[str, int]:
         return {unit.name: i for i, unit in enumerate(self.units)}
@@ -232,9 +245,25 @@ def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size:
         graph_module.train(was_training)
 
 
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer, keeping torchvision's ``LayerNorm2d`` as one module (a LayerNorm over the channels)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from .slim import SlimLayerNorm, is_layer_norm_2d
+
+        return is_layer_norm_2d(m) or isinstance(m, SlimLayerNorm) or super().is_leaf_module(m, qualname)
+
+
+def symbolic_trace(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with autoslim's leaf modules."""
+    tracer = tracer or _LeafTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+
+
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return symbolic_trace(model)
     except Exception as error:  # fx raises many types; the user needs one line
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {str(error).splitlines()[0]}") from error
 
@@ -274,6 +303,7 @@ class _Tracer:
         self.module_io: dict[str, tuple[Layout, Layout]] = {}  # first call of each slim-able module
         self.input_unit: Optional[int] = None
         self.untyped_reasons: dict[fx.Node, str] = {}  # why the parts of a split are frozen
+        self.parameters: dict[str, tuple[int, int, int]] = {}  # parameter target -> (unit, dim, per channel)
 
     # -- units and layouts ---------------------------------------------------------------------------------
 
@@ -443,9 +473,15 @@ class _Tracer:
         elif kind is nn.BatchNorm2d and source is not None and source.dim == 1:
             self.layouts[node] = source
             self.record(name, node, "bn", source, source)
-        elif kind is nn.LayerNorm and source is not None and self.carries(args[0], node):
-            self.freeze(source, f"LayerNorm {name} normalises over the channels")
+        elif (kind is nn.LayerNorm or is_layer_norm_2d(module)) and source is not None and self.carries(args[0], node):
+            rank = len(_shape(args[0]))
+            channel_dim = 1 if is_layer_norm_2d(module) else rank - 1
+            if tuple(module.normalized_shape) != (self.count(source),) or source.dim != channel_dim:
+                self.freeze(source, f"LayerNorm {name} normalises over more than the channels")
+            elif len(source.segments) != 1 or source.segments[0][1] != 1:
+                self.freeze(source, f"LayerNorm {name} normalises a concatenation")
             self.layouts[node] = source
+            self.record(name, node, "ln", source, source)
         elif isinstance(module, _ELEMENTWISE_MODULES) and source is not None and self.carries(args[0], node):
             if isinstance(module, nn.PReLU) and module.num_parameters > 1:
                 self.freeze(source, f"PReLU {name} has a parameter per channel")
@@ -501,6 +537,8 @@ class _Tracer:
             self.freeze_all(node, f"elementwise op in {_where(node)} of {len(args)} tensors")
             return
         params = [a for a in args if a.op == "get_attr"]
+        if len(params) == 1 and self.per_channel_parameter(node, params[0], next(a for a in args if a is not params[0])):
+            return
         if params:
             self.freeze_all(node, f"parameter {params[0].target} used directly in arithmetic")
             return
@@ -519,6 +557,30 @@ class _Tracer:
             self.layouts[node] = b
         else:
             self.freeze_all(node, f"elementwise op in {_where(node)} broadcasts channels")
+
+    def per_channel_parameter(self, node: fx.Node, param: fx.Node, other: fx.Node) -> bool:
+        """``parameter * x`` with one value per channel of ``x`` (ConvNeXt's layer scale): the parameter is sliced
+        with x's unit. False for any other broadcast."""
+        shape, pshape, xshape = _shape(node), _shape(param), _shape(other)
+        layout = self.layout(other)
+        if shape is None or pshape is None or xshape is None or len(pshape) > len(xshape) or len(shape) != len(xshape):
+            return False
+        if len(layout.segments) != 1 or layout.segments[0][1] != 1:
+            return False
+        dim = layout.dim - (len(xshape) - len(pshape))
+        channels = int(xshape[layout.dim])
+        if dim < 0 or int(pshape[dim]) != channels or int(shape[layout.dim]) != channels:
+            return False
+        if any(int(s) != 1 for i, s in enumerate(pshape) if i != dim) or tuple(shape) != tuple(xshape):
+            return False
+        unit = layout.segments[0][0]
+        target = str(param.target)
+        if target in self.parameters:
+            self.uf.union(self.parameters[target][0], unit)
+        else:
+            self.parameters[target] = (unit, dim, math.prod(int(s) for s in pshape) // channels)
+        self.layouts[node] = layout
+        return True
 
     def flatten(self, node: fx.Node, source: fx.Node) -> bool:
         """``(N, C, H, W) -> (N, C*H*W)`` (channel-major: a prefix of channels is a prefix of features)."""
@@ -596,7 +658,7 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
         gm = _symbolic_trace(model)
         model.train()  # the training graph adds train-only layers (auxiliary heads)
         try:
-            train_gm = fx.symbolic_trace(model)
+            train_gm = symbolic_trace(model)
         except Exception:  # a model that traces only in eval mode: no train-only layers are known
             train_gm = None
     finally:
@@ -655,7 +717,7 @@ def _collect(gm: fx.GraphModule, tracer: _Tracer, in_channels: int, input_size: 
         call = LayerCall(raw["module"], raw["node"], raw["kind"], segments(raw["inputs"]), segments(raw["outputs"]),
                          int(raw["out_spatial"]), raw["train_only"])
         calls.append(call)
-        if call.kind in ("bn", "dwconv"):
+        if call.kind in ("bn", "dwconv", "ln"):
             for u, _ in call.outputs:
                 units[u].carriers.append(call.module)
         else:
@@ -675,7 +737,14 @@ def _collect(gm: fx.GraphModule, tracer: _Tracer, in_channels: int, input_size: 
             setattr(unit, attr, list(dict.fromkeys(getattr(unit, attr))))
     _dedupe_names(units)
     node_layouts = {node.name: Layout(layout.dim, segments(layout.segments)) for node, layout in layouts.items()}
-    return Trace(gm, in_channels, input_size, units, calls, tracer.modules, node_layouts)
+    parameters = []
+    for target, (uid, dim, per) in tracer.parameters.items():
+        owner, _, name = target.rpartition(".")
+        parameters.append(ParameterUse(owner, name, index(uid), dim, per))
+        units[index(uid)].carriers.append(owner or target)
+    for unit in units:
+        unit.carriers = list(dict.fromkeys(unit.carriers))
+    return Trace(gm, in_channels, input_size, units, calls, tracer.modules, node_layouts, parameters=parameters)
 
 
 def _dedupe_names(units: list[ChannelUnit]) -> None:

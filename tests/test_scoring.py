@@ -108,3 +108,38 @@ def test_scorer_restores_the_supernet_config():
     largest = supernet.largest_config()
     scorer(largest, [(None, largest)])
     assert supernet.config == config
+
+
+class _LayerScaleNet(nn.Module):
+    """ConvNeXt's pattern: a channels-last LayerNorm and MLP, and a per-channel scale parameter used in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.up = nn.Linear(16, 32)
+        self.down = nn.Linear(32, 16)
+        self.layer_scale = nn.Parameter(torch.full((16, 1, 1), 0.5))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h = self.down(nn.functional.gelu(self.up(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        x = x + self.layer_scale * h.permute(0, 3, 1, 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_layer_scale_networks_are_scored_whole():
+    supernet = convert(_LayerScaleNet(), input_size=8, divisor=4).eval()
+    units = {u.name: u for u in supernet.slimmable_units}
+    assert set(units) == {"stem", "up"}  # LayerNorm and the layer scale are sliced with the stem's unit
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(32, 3, 8, 8, generator=generator), torch.randint(0, 10, (32,), generator=generator)
+    plain, plain_scorer = _trajectory(supernet, images, labels, reuse=False)
+    reused, reuse_scorer = _trajectory(supernet, images, labels, reuse=True)
+    assert not reuse_scorer.reuse and plain == reused
+    assert plain[-1].config == supernet.smallest_config()
+    supernet.set_config({"stem": 8, "up": 12})
+    assert supernet.model.layer_scale.shape == (8, 1, 1) and supernet.model.norm.active == 8
+    assert supernet.model._parameters["layer_scale"].shape == (16, 1, 1)  # the stored parameter stays whole

@@ -34,7 +34,7 @@ FAMILIES = [
     ("VGG", "vgg11_bn", 64, 0.8),
     ("GoogLeNet", "googlenet", 64, 0.9),
     ("Inception v3", "inception_v3", 299, 0.9),  # its auxiliary head needs the full input size
-    ("ConvNeXt", "convnext_tiny", 64, 0.2),  # layer scale freezes the stream; the MLP widths slim
+    ("ConvNeXt", "convnext_tiny", 64, 0.9),  # layer scale and LayerNorm are sliced with their units
     ("AlexNet", "alexnet", 64, 0.7),
 ]
 _AUX = {"googlenet": {"aux_logits": True, "init_weights": False}, "inception_v3": {"aux_logits": True, "init_weights": False}}
