@@ -66,7 +66,8 @@ def _trajectory(supernet, images, labels, reuse, **kwargs):
     lambda: build_supernet(load_space("digits_cnn")),
     lambda: convert(_GatedNet(), input_size=8, divisor=4),
     lambda: convert(_ConcatNet(), input_size=8, divisor=4),
-], ids=["digits_cnn", "gated", "concat"])
+    lambda: convert(_LayerScaleNet(scale=False), input_size=8, divisor=4),  # LayerNorm mixes channels: a reader
+], ids=["digits_cnn", "gated", "concat", "layernorm"])
 def test_reuse_and_plain_give_identical_trajectories(make):
     supernet = make().eval()
     generator = torch.Generator().manual_seed(0)
@@ -113,8 +114,9 @@ def test_scorer_restores_the_supernet_config():
 class _LayerScaleNet(nn.Module):
     """ConvNeXt's pattern: a channels-last LayerNorm and MLP, and a per-channel scale parameter used in forward."""
 
-    def __init__(self):
+    def __init__(self, scale=True):
         super().__init__()
+        self.scale = scale
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
         self.norm = nn.LayerNorm(16)
@@ -126,7 +128,8 @@ class _LayerScaleNet(nn.Module):
     def forward(self, x):
         x = self.stem(x)
         h = self.down(nn.functional.gelu(self.up(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
-        x = x + self.layer_scale * h.permute(0, 3, 1, 2)
+        h = h.permute(0, 3, 1, 2)
+        x = x + (self.layer_scale * h if self.scale else h)
         return self.fc(x.mean((2, 3)))
 
 
