@@ -171,3 +171,25 @@ def test_torchvision_width_mult_option():
 def test_transformer_space_is_one_line():
     result = _cli("spaces", "--units", "torchvision:vit_b_16", "--input-size", "32")
     assert result.exit_code == 1 and "transformer" in result.output
+
+
+@pytest.mark.slow
+def test_torchvision_model_through_the_whole_pipeline(tmp_path):
+    """SqueezeNet (concatenations) through train-supernet, search, export-config and retrain on fake data."""
+    run, retrained = tmp_path / "run", tmp_path / "retrain"
+    result = _cli("train-supernet", "--space", "torchvision:squeezenet1_1", "--dataset", "fake", "--epochs", "1",
+                  "--batch-size", "64", "--out", str(run))
+    assert result.exit_code == 0, result.output
+    result = _cli("search", str(run), "--flops", "1M", "--eval-batch", "64")
+    assert result.exit_code == 0, result.output
+    result = _cli("export-config", str(run / "search"), "--flops", "1M", "--model", str(tmp_path / "model.pt"))
+    assert result.exit_code == 0, result.output
+    model = torch.jit.load(str(tmp_path / "model.pt"))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    result = _cli("retrain", str(run / "search" / "configs" / "flops-1M.yaml"), "--epochs", "1", "--baseline", "uniform",
+                  "--out", str(retrained))
+    assert result.exit_code == 0, result.output
+    import json
+
+    summary = json.loads((retrained / "summary.json").read_text())
+    assert summary["macs"] <= 1_000_000 and summary["baseline"]["macs"] <= summary["macs"]
