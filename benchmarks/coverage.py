@@ -10,17 +10,22 @@ For each model: units slimmable / all, the frozen units grouped by reason, and t
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
-from pathlib import Path
 
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from autoslim.budget import format_count  # noqa: E402
-from autoslim.supernet import convert  # noqa: E402
-from tests.test_torchvision import FAMILIES, _AUX  # noqa: E402
+from autoslim.budget import format_count
+from autoslim.supernet import convert
+
+# One model per family (the same as tests/test_torchvision.py)
+FAMILIES = [("ResNet", "resnet18"), ("ResNeXt", "resnext50_32x4d"), ("Wide ResNet", "wide_resnet50_2"),
+            ("MobileNetV2", "mobilenet_v2"), ("MobileNetV3", "mobilenet_v3_small"), ("MNASNet", "mnasnet0_5"),
+            ("EfficientNet", "efficientnet_b0"), ("EfficientNetV2", "efficientnet_v2_s"), ("RegNetX", "regnet_x_400mf"),
+            ("RegNetY", "regnet_y_400mf"), ("ShuffleNetV2", "shufflenet_v2_x0_5"), ("DenseNet", "densenet121"),
+            ("SqueezeNet", "squeezenet1_1"), ("VGG", "vgg11_bn"), ("GoogLeNet", "googlenet"),
+            ("Inception v3", "inception_v3"), ("ConvNeXt", "convnext_tiny"), ("AlexNet", "alexnet")]
+_AUX = {"googlenet": {"aux_logits": True, "init_weights": False}, "inception_v3": {"aux_logits": True, "init_weights": False}}
 
 
 def _reason(text: str) -> str:
@@ -34,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print("| family | model | slimmable units | frozen units and why | MACs at 1.0 |")
     print("|---|---|---|---|---|")
-    for family, name, _, _ in FAMILIES:
+    for family, name in FAMILIES:
         model = torchvision.models.get_model(name, weights=None, **_AUX.get(name, {}))
         size = 299 if name == "inception_v3" else 224
         supernet = convert(model, input_size=size)

@@ -4,14 +4,14 @@
 # Every stage resumes where it stopped: re-run this script after an interruption.
 #
 #   results/cifar10_resnet20/reproduce.sh            # from the repository root, with the venv of the README
-#   EPOCHS=10 RETRAIN_EPOCHS=30 SEEDS="0 1" DEVICE=cuda results/cifar10_resnet20/reproduce.sh
+#   EPOCHS=10 RETRAIN_EPOCHS=15 SEEDS="0 1" DEVICE=cuda results/cifar10_resnet20/reproduce.sh
 #   PARALLEL=1 results/cifar10_resnet20/reproduce.sh   # on a CPU: retrain the seeds side by side, one thread each
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
 PYTHON=${PYTHON:-.venv/bin/python}
 EPOCHS=${EPOCHS:-10}                 # supernet epochs
-RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-30} # epochs of every from-scratch retraining (searched and uniform alike)
+RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-15} # epochs of every from-scratch retraining (searched and uniform alike; 15 fits a CPU)
 SEEDS=${SEEDS:-"0 1"}
 DEVICE=${DEVICE:-cpu}
 BUDGETS=${BUDGETS:-"40M 20M 10M"}
