@@ -221,12 +221,6 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def _all_node_args(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), found.append)
-    return found
-
-
 def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size: int, batch: int = 1) -> None:
     """Annotate every node with its output shape at ``input_size`` (fake tensors: no compute)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
