@@ -12,7 +12,7 @@ from typing import NamedTuple, Sequence
 
 from torch import nn
 
-from .trace import Trace
+from .trace import Trace, input_count
 
 __all__ = ["Cost", "CostModel", "count_parameters"]
 
@@ -81,7 +81,7 @@ class CostModel:
             if not counted or kind in ("bn", "ln"):
                 result.append(0)
                 continue
-            n_in = counts[inputs[0][0]] * inputs[0][1] if len(inputs) == 1 else sum(counts[u] * s for u, s in inputs)
+            n_in = input_count(inputs, counts)
             if kind == "dwconv":
                 result.append(n_in * width * per * hw)
             else:
@@ -93,7 +93,7 @@ class CostModel:
         macs = sum(self.per_call(counts, input_size))
         params = self._fixed_params
         for kind, inputs, o, per, bias, groups, width in self._layers:
-            n_in = counts[inputs[0][0]] * inputs[0][1] if len(inputs) == 1 else sum(counts[u] * s for u, s in inputs)
+            n_in = input_count(inputs, counts)
             if kind == "bn":
                 params += per * n_in
             elif kind == "dwconv":

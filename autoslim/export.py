@@ -96,9 +96,8 @@ def to_static(module: nn.Module) -> nn.Module:
             plain.num_batches_tracked.copy_(module.num_batches_tracked)
     elif isinstance(module, SlimLayerNorm):
         k = module.active
-        reference = module.weight if module.weight is not None else None
-        if reference is not None:
-            factory = {"device": reference.device, "dtype": reference.dtype}
+        if module.weight is not None:
+            factory = {"device": module.weight.device, "dtype": module.weight.dtype}
         plain = module.__dict__["_plain_type"](k, eps=module.eps, elementwise_affine=module.elementwise_affine,
                                                bias=module.bias is not None, **factory)
         if module.weight is not None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .cost import Cost, CostModel
 from .slim import SlimBatchNorm2d, SlimConv2d, SlimLinear, set_parameter_count, slice_parameters, to_slim
-from .trace import Trace, trace_model
+from .trace import Trace, input_count, trace_model
 from .units import ChannelUnit, make_divisible, unit_choices
 
 __all__ = ["Supernet", "convert", "Config"]
@@ -135,14 +135,10 @@ class Supernet(nn.Module):
     def _activate(self, counts: list[int]) -> None:
         units = self.units
         for module, kind, inputs, o, starts in self._layers:
-            if len(inputs) == 1:
-                u, scale = inputs[0]
-                n_in, ranges = counts[u] * scale, None
-            else:  # a concatenation: a prefix of every part
-                n_in = sum(counts[u] * scale for u, scale in inputs)
-                full = all(counts[u] == units[u].maximum for u, _ in inputs)
-                ranges = None if full else tuple((start, start + counts[u] * scale)
-                                                 for (u, scale), start in zip(inputs, starts))
+            n_in, ranges = input_count(inputs, counts), None
+            if len(inputs) > 1 and any(counts[u] != units[u].maximum for u, _ in inputs):
+                # a concatenation read at a prefix of every part
+                ranges = tuple((start, start + counts[u] * scale) for (u, scale), start in zip(inputs, starts))
             if kind == "bn":
                 module.set_active(n_in, ranges)
             elif kind == "ln":
@@ -229,10 +225,10 @@ def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, gr
         if unit.frozen:
             unit.choices = (unit.maximum,)
             continue
-        step = math.lcm(divisor, unit.multiple)  # a grouped conv's units move in whole groups
+        # a grouped conv's unit moves in whole groups: every choice is a multiple of the group width (the
+        # maximum is one already)
+        step = math.lcm(divisor, unit.multiple)
         unit.choices = unit_choices(unit.maximum, groups=groups, divisor=step, min_ratio=min_ratio)
-        if unit.multiple > 1:
-            unit.choices = tuple(c for c in unit.choices if c % unit.multiple == 0) or (unit.maximum,)
     slim_names = {call.module for call in trace.calls}
     for name in slim_names:
         _replace(model, name, to_slim(trace.modules[name]))

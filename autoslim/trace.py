@@ -35,7 +35,7 @@ import logging
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -45,7 +45,8 @@ from torch import nn
 from .slim import is_layer_norm_2d
 from .units import ChannelUnit
 
-__all__ = ["Trace", "LayerCall", "Layout", "ParameterUse", "trace_model", "propagate_shapes", "symbolic_trace"]
+__all__ = ["Trace", "LayerCall", "Layout", "ParameterUse", "Segment", "input_count", "trace_model", "propagate_shapes",
+           "symbolic_trace"]
 
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -80,6 +81,13 @@ _SPLITS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", 
 _SHAPE_QUERIES = {"size", "dim", "numel"}
 
 Segment = tuple[int, int]  # (unit, scale): ``scale`` features per channel of the unit
+
+
+def input_count(inputs: tuple[Segment, ...], counts: Sequence[int]) -> int:
+    """Channels (features) of a tensor made of ``inputs`` at per-unit ``counts``."""
+    if len(inputs) == 1:
+        return counts[inputs[0][0]] * inputs[0][1]
+    return sum(counts[u] * scale for u, scale in inputs)
 
 
 @dataclass(frozen=True)
