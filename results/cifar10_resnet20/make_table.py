@@ -48,19 +48,22 @@ for budget_dir in sorted((runs / "retrain").glob("flops-*")):
                  "autoslim_acc_mean": round(mean_s, 2), "autoslim_acc_std": round(sd_s, 2),
                  "uniform_width": uniform[0].get("width"), "uniform_macs": uniform[0]["macs"],
                  "uniform_params": uniform[0]["params"], "uniform_acc_mean": round(mean_u, 2),
-                 "uniform_acc_std": round(sd_u, 2)})
+                 "uniform_acc_std": round(sd_u, 2),
+                 "autoslim_seconds": round(statistics.mean(v["seconds"] for v in searched)),
+                 "uniform_seconds": round(statistics.mean(v["seconds"] for v in uniform))})
 
 if rows:
     columns = list(rows[0])
     (results / "table.csv").write_text(",".join(columns) + "\n" + "\n".join(",".join(str(r[c]) for c in columns)
                                                                            for r in rows) + "\n")
-    lines = ["| budget | seeds | AutoSlim MACs | params | accuracy % (mean ± sd) | uniform | MACs | params | accuracy % (mean ± sd) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| budget | seeds | AutoSlim MACs | params | accuracy % (mean ± sd) | uniform | MACs | params | accuracy % (mean ± sd) | train s (AutoSlim / uniform) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['budget']} | {r['seeds']} | {r['autoslim_macs'] / 1e6:.2f}M | {r['autoslim_params'] / 1e3:.1f}k | "
                      f"{r['autoslim_acc_mean']:.2f} ± {r['autoslim_acc_std']:.2f} | {r['uniform_width']}x | "
                      f"{r['uniform_macs'] / 1e6:.2f}M | {r['uniform_params'] / 1e3:.1f}k | "
-                     f"{r['uniform_acc_mean']:.2f} ± {r['uniform_acc_std']:.2f} |")
+                     f"{r['uniform_acc_mean']:.2f} ± {r['uniform_acc_std']:.2f} | "
+                     f"{r['autoslim_seconds']:,} / {r['uniform_seconds']:,} |")
     (results / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 else:

@@ -6,6 +6,8 @@
 #   results/cifar10_resnet20/reproduce.sh            # from the repository root, with the venv of the README
 #   EPOCHS=10 RETRAIN_EPOCHS=15 SEEDS="0 1" DEVICE=cuda results/cifar10_resnet20/reproduce.sh
 #   PARALLEL=1 results/cifar10_resnet20/reproduce.sh   # on a CPU: retrain the seeds side by side, one thread each
+#   STAGES=retrain CONFIGS=results/cifar10_resnet20/configs results/cifar10_resnet20/reproduce.sh
+#                                                       # retrain the committed searched configs only
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
@@ -18,6 +20,9 @@ BUDGETS=${BUDGETS:-"40M 20M 10M"}
 DATA=${DATA:-data/cifar10.npz}
 RUNS=${RUNS:-runs/cifar10_resnet20}
 RESULTS=results/cifar10_resnet20
+STAGES=${STAGES:-"supernet search retrain"}   # any subset, in this order
+CONFIGS=${CONFIGS:-$RUNS/search/configs}      # the searched configs to retrain
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 if [ ! -f "$DATA" ]; then
   mkdir -p "$(dirname "$DATA")"
@@ -25,23 +30,30 @@ if [ ! -f "$DATA" ]; then
 fi
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
+if has_stage supernet; then
 log "supernet: $EPOCHS epochs"
 "$AUTOSLIM" train-supernet --space resnet20_cifar --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" \
   --device "$DEVICE" --out "$RUNS/supernet"
+fi
 
 flops=(); for b in $BUDGETS; do flops+=(--flops "$b"); done
+if has_stage search; then
 log "search: $BUDGETS"
 "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" --device "$DEVICE" --out "$RUNS/search"
+fi
 
 retrain_seed() {
   local seed=$1
   for b in $BUDGETS; do
     log "retrain flops-$b seed $seed: searched and uniform, $RETRAIN_EPOCHS epochs each"
-    "$AUTOSLIM" retrain "$RUNS/search/configs/flops-$b.yaml" --baseline uniform --epochs "$RETRAIN_EPOCHS" \
+    "$AUTOSLIM" retrain "$CONFIGS/flops-$b.yaml" --baseline uniform --epochs "$RETRAIN_EPOCHS" \
       --seed "$seed" --device "$DEVICE" --out "$RUNS/retrain/flops-$b/seed$seed"
   done
 }
-if [ "${PARALLEL:-0}" = 1 ]; then
+mkdir -p "$RUNS"
+if ! has_stage retrain; then
+  :
+elif [ "${PARALLEL:-0}" = 1 ]; then
   for seed in $SEEDS; do OMP_NUM_THREADS=1 retrain_seed "$seed" > "$RUNS/retrain-seed$seed.log" 2>&1 & done
   wait
 else
