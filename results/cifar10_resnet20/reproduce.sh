@@ -31,15 +31,15 @@ fi
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
 if has_stage supernet; then
-log "supernet: $EPOCHS epochs"
-"$AUTOSLIM" train-supernet --space resnet20_cifar --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" \
-  --device "$DEVICE" --out "$RUNS/supernet"
+  log "supernet: $EPOCHS epochs"
+  "$AUTOSLIM" train-supernet --space resnet20_cifar --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" \
+    --device "$DEVICE" --out "$RUNS/supernet"
 fi
 
 flops=(); for b in $BUDGETS; do flops+=(--flops "$b"); done
 if has_stage search; then
-log "search: $BUDGETS"
-"$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" --device "$DEVICE" --out "$RUNS/search"
+  log "search: $BUDGETS"
+  "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" --device "$DEVICE" --out "$RUNS/search"
 fi
 
 retrain_seed() {
@@ -51,12 +51,10 @@ retrain_seed() {
   done
 }
 mkdir -p "$RUNS"
-if ! has_stage retrain; then
-  :
-elif [ "${PARALLEL:-0}" = 1 ]; then
+if has_stage retrain && [ "${PARALLEL:-0}" = 1 ]; then
   for seed in $SEEDS; do OMP_NUM_THREADS=1 retrain_seed "$seed" > "$RUNS/retrain-seed$seed.log" 2>&1 & done
   wait
-else
+elif has_stage retrain; then
   for seed in $SEEDS; do retrain_seed "$seed"; done
 fi
 
