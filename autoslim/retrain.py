@@ -37,7 +37,7 @@ from . import __version__
 from .calibrate import evaluate
 from .checkpoint import read_state
 from .config import ChannelConfig, load_config, save_config
-from .devices import resolve_device
+from .devices import keep_freed_memory, resolve_device
 from .export import materialize
 from .interrupt import StopRequest
 from .io import atomic_write, read_yaml, write_json, write_text, write_yaml
@@ -314,9 +314,13 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
         raise ValueError(f"space {space.name} takes {space.in_channels}-channel images but {data.name} has "
                          f"{data.in_channels}-channel ones")
     device = resolve_device(train.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     names = [Path(p).stem for p in settings.configs]
     main = _Trainer("joint" if len(channels) > 1 else "searched", names, space, channels, settings, data, out, device,
                     callback)
+    if len(configs) == 1 and isinstance(configs[0].source.get("uniform"), (int, float)):
+        main.width = configs[0].source["uniform"]  # a uniform network's config (autoslim cost --save-config)
     if state is not None:
         main.restore(state)
     elif force:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -17,15 +18,25 @@ __all__ = ["cost"]
 @click.option("--width-mult", type=float, help="Supernet width, for builders with a width argument (default: the space's).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Classes of the classifier (default: the space's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--save-config", type=click.Path(dir_okay=False),
+              help="With --width: write the uniform network as a config file (for retrain).")
+@click.option("--force", is_flag=True, help="Overwrite --save-config's file.")
 def cost(space_name: str, width: float | None, config_path: str | None, input_size: int | None,
-         width_mult: float | None, num_classes: int | None, as_json: bool) -> None:
+         width_mult: float | None, num_classes: int | None, as_json: bool, save_config: str | None,
+         force: bool) -> None:
     """MACs and parameters of SPACE at a uniform --width or a --config file.
 
     SPACE is a bundled space, a YAML file, torchvision:NAME or path/to/file.py:function. MACs count the
-    multiply-accumulates of conv and linear layers (the paper's "FLOPs").
+    multiply-accumulates of conv and linear layers (the paper's "FLOPs"). With --save-config, the uniform
+    network is written as a channel config that `autoslim retrain` trains, e.g. to bracket a searched config
+    between the uniform widths below and above it.
     """
     if (width is None) == (config_path is None):
         raise click.UsageError("give exactly one of --width W or --config FILE")
+    if save_config and width is None:
+        raise click.UsageError("--save-config writes the network of --width W")
+    if save_config and not force and os.path.exists(save_config):
+        raise click.UsageError(f"{save_config} exists: pass --force to overwrite it")
     from autoslim.budget import format_count
     from autoslim.config import load_config
     from autoslim.spaces import build_supernet, configure_space, load_space
@@ -49,6 +60,14 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
         config = supernet.uniform_config(width)
     size = input_size or space.input_size
     result = supernet.cost(config, input_size=size)
+    if save_config:
+        from autoslim.config import ChannelConfig, save_config as write_config
+
+        options = {"num_classes": space.num_classes, "input_size": size, "in_channels": space.in_channels,
+                   "width_mult": space.width_mult}
+        write_config(save_config, ChannelConfig(space=space_name, channels=config, space_options=options,
+                                                cost={"macs": result.macs, "params": result.params, "input_size": size},
+                                                source={"uniform": width}))
     if as_json:
         print(json.dumps({"space": space.name, "width": width, "config": config_path, "input_size": size,
                           "macs": int(result.macs), "params": int(result.params), "channels": config}))
@@ -58,3 +77,5 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
                         ["unit", "channels", "max", "frozen because"], rows, justify_right={"channels", "max"}))
     console.print(f"MACs {result.macs:,} ({format_count(result.macs)}), params {result.params:,} "
                   f"({format_count(result.params)}) at {space.in_channels}x{size}x{size}")
+    if save_config:
+        console.print(f"wrote {save_config}")

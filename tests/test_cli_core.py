@@ -36,6 +36,30 @@ def test_cost_table_and_config_file(tmp_path):
     assert "40,813,184" in result.output
 
 
+def test_cost_saves_the_uniform_config(tmp_path):
+    from autoslim.config import load_config
+    from autoslim.spaces import build_supernet, load_space
+
+    path = tmp_path / "uniform.yaml"
+    result = _run("cost", "resnet20_cifar", "--width", "0.41", "--save-config", str(path))
+    assert result.exit_code == 0, result.output
+    config = load_config(path)
+    supernet = build_supernet(load_space("resnet20_cifar"))
+    assert config.space == "resnet20_cifar" and config.source == {"uniform": 0.41}
+    assert config.channels == supernet.uniform_config(0.41) and config.channels["layer3.0.conv2"] == 24
+    assert config.cost["macs"] == supernet.cost(config.channels).macs == 8_941_808
+    assert config.space_options == {"num_classes": 10, "input_size": 32, "in_channels": 3, "width_mult": 1.5}
+    result = _run("cost", "resnet20_cifar", "--config", str(path))
+    assert result.exit_code == 0 and "8,941,808" in result.output
+    before = path.read_bytes()
+    result = _run("cost", "resnet20_cifar", "--width", "1.0", "--save-config", str(path))
+    assert result.exit_code == 2 and "--force" in result.output and path.read_bytes() == before
+    assert _run("cost", "resnet20_cifar", "--width", "1.0", "--save-config", str(path), "--force").exit_code == 0
+    assert load_config(path).channels == supernet.uniform_config(1.0)
+    result = _run("cost", "resnet20_cifar", "--config", str(path), "--save-config", str(tmp_path / "x.yaml"))
+    assert result.exit_code == 2 and "--width" in result.output and not (tmp_path / "x.yaml").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["cost", "nope", "--width", "1"], "known spaces"),
     (["cost", "mobilenet_v2", "--width", "2"], "outside the range (0, 1.5]"),

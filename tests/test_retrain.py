@@ -77,6 +77,19 @@ def test_retrain_with_uniform_baseline(supernet, tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+def test_a_uniform_config_records_its_width(supernet, tmp_path):
+    config = tmp_path / "uniform.yaml"
+    result = CliRunner().invoke(cli, ["cost", "digits_cnn", "--width", "0.5", "--save-config", str(config)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "retrain"
+    result = CliRunner().invoke(cli, ["retrain", str(config), "--epochs", "1", "--batch-size", "128", "--device", "cpu",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["width"] == 0.5 and summary["channels"] == supernet.uniform_config(0.5)
+    assert summary["macs"] == supernet.cost(supernet.uniform_config(0.5)).macs
+
+
 def test_settings_are_the_full_recipe_on_the_source_runs_data(supernet, tmp_path):
     settings = resolve_retrain(_write_config(tmp_path / "c.yaml", supernet))
     assert settings.train.epochs == load_space("digits_cnn").recipe.epochs and settings.baseline is None

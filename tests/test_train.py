@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -168,6 +169,18 @@ def test_keep_freed_memory_applies_on_glibc():
     from autoslim.devices import keep_freed_memory
 
     assert keep_freed_memory() and keep_freed_memory()  # applied, and idempotent
+
+    class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2()  # blocks mapped before the setting stay mapped
+    block = torch.ones(64 << 18)  # 64 MiB: above the largest mmap threshold glibc allows (32 MiB)
+    after = mallinfo2()
+    assert (after.hblks, after.hblkhd) == (before.hblks, before.hblkhd)  # not mapped, so not unmapped on free
+    assert after.uordblks - before.uordblks >= block.numel() * 4  # it came from the heap
 
 
 def test_optimizer_groups_and_schedule(supernet, space):

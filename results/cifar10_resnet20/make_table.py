@@ -1,5 +1,9 @@
 """Collect the figures of reproduce.sh into results/cifar10_resnet20 (table.csv, table.md, copies of the
-small output files). Usage: python make_table.py RUNS RESULTS."""
+small output files). Usage: python make_table.py RUNS RESULTS.
+
+The summary of every finished retraining (searched config and uniform baseline) is copied to
+RESULTS/retrain/flops-B/seedN.json, and the table is made from all of those: the ones collected from
+earlier RUNS folders count too."""
 
 import json
 import shutil
@@ -19,51 +23,84 @@ for config in sorted((runs / "search" / "configs").glob("*.yaml")):
     (results / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config, results / "configs" / config.name)
 
+def collect(pattern: str, into: str, finished) -> None:
+    """Copy RUNS/<pattern>/seedN/summary.json of finished runs to RESULTS/<into>/<name>/seedN.json, beside the
+    ones collected from earlier RUNS folders."""
+    for run_dir in sorted(runs.glob(pattern)):
+        for summary_path in sorted(run_dir.glob("seed*/summary.json")):
+            summary = json.loads(summary_path.read_text())
+            if finished(summary):
+                target = results / into / run_dir.name / f"{summary_path.parent.name}.json"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(summary_path, target)
+
+
+def stats(values):
+    accuracies = [v["accuracy"] * 100 for v in values]
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    return round(statistics.mean(accuracies), 2), round(spread, 2)
+
+
+def write(name: str, rows: list[dict], header: list[str], cells) -> list[str]:
+    """RESULTS/<name>.csv with every field of ``rows``, and the markdown lines of the table."""
+    columns = list(rows[0])
+    (results / f"{name}.csv").write_text(",".join(columns) + "\n" + "\n".join(
+        ",".join(str(r[c]) for c in columns) for r in rows) + "\n")
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(cells(r)) + " |" for r in rows]
+
+
+def millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M"
+
+
+def thousands(count: int) -> str:
+    return f"{count / 1e3:.1f}k"
+
+
+collect("retrain/flops-*", "retrain", lambda s: s.get("finished") and (s.get("baseline") or {}).get("finished"))
+collect("bracket/uniform-*x", "bracket", lambda s: s.get("finished"))
+
 rows = []
-for budget_dir in sorted((runs / "retrain").glob("flops-*")):
-    searched, uniform = [], []
-    for seed_dir in sorted(budget_dir.glob("seed*")):
-        summary_path = seed_dir / "summary.json"
-        if not summary_path.exists():
-            continue
-        summary = json.loads(summary_path.read_text())
-        if not summary.get("finished") or not (summary.get("baseline") or {}).get("finished"):
-            continue
-        target = results / "retrain" / budget_dir.name / f"{seed_dir.name}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(summary_path, target)
-        searched.append(summary)
-        uniform.append(summary["baseline"])
+for budget_dir in sorted((results / "retrain").glob("flops-*"), key=lambda d: float(d.name[6:-1])):
+    searched = [json.loads(p.read_text()) for p in sorted(budget_dir.glob("seed*.json"))]
     if not searched:
         continue
-
-    def stats(values):
-        accuracies = [v["accuracy"] * 100 for v in values]
-        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        return statistics.mean(accuracies), spread
-
+    uniform = [s["baseline"] for s in searched]
     (mean_s, sd_s), (mean_u, sd_u) = stats(searched), stats(uniform)
     rows.append({"budget": budget_dir.name, "seeds": len(searched), "epochs": searched[0]["epochs"],
                  "autoslim_macs": searched[0]["macs"], "autoslim_params": searched[0]["params"],
-                 "autoslim_acc_mean": round(mean_s, 2), "autoslim_acc_std": round(sd_s, 2),
+                 "autoslim_acc_mean": mean_s, "autoslim_acc_std": sd_s,
                  "uniform_width": uniform[0].get("width"), "uniform_macs": uniform[0]["macs"],
-                 "uniform_params": uniform[0]["params"], "uniform_acc_mean": round(mean_u, 2),
-                 "uniform_acc_std": round(sd_u, 2),
+                 "uniform_params": uniform[0]["params"], "uniform_acc_mean": mean_u, "uniform_acc_std": sd_u,
                  "autoslim_seconds": round(statistics.mean(v["seconds"] for v in searched)),
                  "uniform_seconds": round(statistics.mean(v["seconds"] for v in uniform))})
 
+brackets = []
+for width_dir in sorted((results / "bracket").glob("uniform-*x"), key=lambda d: float(d.name[8:-1])):
+    trained = [json.loads(p.read_text()) for p in sorted(width_dir.glob("seed*.json"))]
+    if not trained:
+        continue
+    mean, sd = stats(trained)
+    brackets.append({"width": trained[0].get("width"), "seeds": len(trained), "epochs": trained[0]["epochs"],
+                     "macs": trained[0]["macs"], "params": trained[0]["params"], "acc_mean": mean, "acc_std": sd,
+                     "seconds": round(statistics.mean(v["seconds"] for v in trained))})
+
+lines = []
 if rows:
-    columns = list(rows[0])
-    (results / "table.csv").write_text(",".join(columns) + "\n" + "\n".join(",".join(str(r[c]) for c in columns)
-                                                                           for r in rows) + "\n")
-    lines = ["| budget | seeds | AutoSlim MACs | params | accuracy % (mean ± sd) | uniform | MACs | params | accuracy % (mean ± sd) | train s (AutoSlim / uniform) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['budget']} | {r['seeds']} | {r['autoslim_macs'] / 1e6:.2f}M | {r['autoslim_params'] / 1e3:.1f}k | "
-                     f"{r['autoslim_acc_mean']:.2f} ± {r['autoslim_acc_std']:.2f} | {r['uniform_width']}x | "
-                     f"{r['uniform_macs'] / 1e6:.2f}M | {r['uniform_params'] / 1e3:.1f}k | "
-                     f"{r['uniform_acc_mean']:.2f} ± {r['uniform_acc_std']:.2f} | "
-                     f"{r['autoslim_seconds']:,} / {r['uniform_seconds']:,} |")
+    lines += write("table", rows, ["budget", "seeds", "AutoSlim MACs", "params", "accuracy % (mean ± sd)", "uniform",
+                                   "MACs", "params", "accuracy % (mean ± sd)", "train s (AutoSlim / uniform)"],
+                   lambda r: [r["budget"], str(r["seeds"]), millions(r["autoslim_macs"]), thousands(r["autoslim_params"]),
+                              f"{r['autoslim_acc_mean']:.2f} ± {r['autoslim_acc_std']:.2f}", f"{r['uniform_width']}x",
+                              millions(r["uniform_macs"]), thousands(r["uniform_params"]),
+                              f"{r['uniform_acc_mean']:.2f} ± {r['uniform_acc_std']:.2f}",
+                              f"{r['autoslim_seconds']:,} / {r['uniform_seconds']:,}"])
+if brackets:
+    lines += ["", "Uniform widths retrained on their own (the bracket stage):", ""]
+    lines += write("bracket", brackets, ["uniform", "seeds", "MACs", "params", "accuracy % (mean ± sd)", "train s"],
+                   lambda r: [f"{r['width']}x", str(r["seeds"]), millions(r["macs"]), thousands(r["params"]),
+                              f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}", f"{r['seconds']:,}"])
+if lines:
     (results / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 else:

@@ -8,6 +8,8 @@
 #   PARALLEL=1 results/cifar10_resnet20/reproduce.sh   # on a CPU: retrain the seeds side by side, one thread each
 #   STAGES=retrain CONFIGS=results/cifar10_resnet20/configs results/cifar10_resnet20/reproduce.sh
 #                                                       # retrain the committed searched configs only
+#   STAGES=bracket BRACKET_WIDTHS=0.41 PARALLEL=1 results/cifar10_resnet20/reproduce.sh
+#                                                       # the uniform widths just above the searched configs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
@@ -20,7 +22,10 @@ BUDGETS=${BUDGETS:-"40M 20M 10M"}
 DATA=${DATA:-data/cifar10.npz}
 RUNS=${RUNS:-runs/cifar10_resnet20}
 RESULTS=results/cifar10_resnet20
-STAGES=${STAGES:-"supernet search retrain"}   # any subset, in this order
+STAGES=${STAGES:-"supernet search retrain bracket"}   # any subset, in this order
+# bracket: the uniform network just above each searched config (the retrain stage's baseline is the one just
+# below): 0.41x (8.94M MACs) above the 10M config, 0.69x (27.4M) above 20M, 1.06x (40.8M) above 40M
+BRACKET_WIDTHS=${BRACKET_WIDTHS:-"0.41 0.69 1.06"}
 CONFIGS=${CONFIGS:-$RUNS/search/configs}      # the searched configs to retrain
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -47,15 +52,36 @@ retrain_seed() {
   for b in $BUDGETS; do
     log "retrain flops-$b seed $seed: searched and uniform, $RETRAIN_EPOCHS epochs each"
     "$AUTOSLIM" retrain "$CONFIGS/flops-$b.yaml" --baseline uniform --epochs "$RETRAIN_EPOCHS" \
-      --seed "$seed" --device "$DEVICE" --out "$RUNS/retrain/flops-$b/seed$seed"
+      --dataset cifar10 --data-dir "$DATA" --seed "$seed" --device "$DEVICE" --out "$RUNS/retrain/flops-$b/seed$seed"
   done
 }
-mkdir -p "$RUNS"
-if has_stage retrain && [ "${PARALLEL:-0}" = 1 ]; then
-  for seed in $SEEDS; do OMP_NUM_THREADS=1 retrain_seed "$seed" > "$RUNS/retrain-seed$seed.log" 2>&1 & done
-  wait
-elif has_stage retrain; then
-  for seed in $SEEDS; do retrain_seed "$seed"; done
+bracket_seed() {
+  local seed=$1
+  for w in $BRACKET_WIDTHS; do
+    log "retrain uniform ${w}x seed $seed, $RETRAIN_EPOCHS epochs"
+    "$AUTOSLIM" retrain "$RUNS/bracket/uniform-${w}x.yaml" --epochs "$RETRAIN_EPOCHS" \
+      --dataset cifar10 --data-dir "$DATA" --seed "$seed" --device "$DEVICE" --out "$RUNS/bracket/uniform-${w}x/seed$seed"
+  done
+}
+# run_seeds STAGE FUNCTION: every seed, side by side on one thread each with PARALLEL=1
+run_seeds() {
+  if [ "${PARALLEL:-0}" = 1 ]; then
+    for seed in $SEEDS; do OMP_NUM_THREADS=1 "$2" "$seed" > "$RUNS/$1-seed$seed.log" 2>&1 & done
+    wait
+  else
+    for seed in $SEEDS; do "$2" "$seed"; done
+  fi
+}
+mkdir -p "$RUNS/bracket"
+if has_stage retrain; then
+  run_seeds retrain retrain_seed
+fi
+if has_stage bracket; then
+  for w in $BRACKET_WIDTHS; do
+    [ -f "$RUNS/bracket/uniform-${w}x.yaml" ] || \
+      "$AUTOSLIM" cost resnet20_cifar --width "$w" --save-config "$RUNS/bracket/uniform-${w}x.yaml" > /dev/null
+  done
+  run_seeds bracket bracket_seed
 fi
 
 log "collecting figures into $RESULTS"
