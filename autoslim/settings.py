@@ -151,10 +151,20 @@ def resolve_settings(space: SearchSpace, *, fraction: float | None = None, **ove
     for key in ("momentum", "nesterov", "weight_decay", "warmup_epochs", "label_smoothing", "num_subnets"):
         given.setdefault(key, getattr(recipe, key))
     given.setdefault("dataset", space.dataset)
-    given.setdefault("space", str(Path(space.path).resolve()) if space.path and not _bundled(space) else space.name)
+    given.setdefault("space", _space_reference(space))
     if given.get("data_dir") is not None:
         given["data_dir"] = str(Path(given["data_dir"]).resolve())  # a run reopens from any directory
     return TrainSettings(**given)
+
+
+def _space_reference(space: SearchSpace) -> str:
+    """The space as a run records it: a path that reopens from any directory, or the bundled or torchvision name."""
+    if ".py:" in space.name:  # a user's model file
+        file, _, function = space.name.rpartition(":")
+        return f"{Path(file).resolve()}:{function}"
+    if space.path and not _bundled(space):
+        return str(Path(space.path).resolve())
+    return space.name
 
 
 def _bundled(space: SearchSpace) -> bool:

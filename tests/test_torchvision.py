@@ -193,3 +193,16 @@ def test_torchvision_model_through_the_whole_pipeline(tmp_path):
 
     summary = json.loads((retrained / "summary.json").read_text())
     assert summary["macs"] <= 1_000_000 and summary["baseline"]["macs"] <= summary["macs"]
+
+
+def test_a_run_records_a_user_model_file_so_that_it_reopens_from_anywhere(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from autoslim.settings import resolve_settings
+    from autoslim.spaces import build_supernet, configure_space, load_space
+
+    settings = resolve_settings(load_space(EXAMPLE), epochs=1)
+    assert settings.space == f"{Path(EXAMPLE.split(':')[0]).resolve()}:build"
+    monkeypatch.chdir(tmp_path)  # resume, search or export from another directory
+    supernet = build_supernet(configure_space(load_space(settings.space), num_classes=10, input_size=32))
+    assert len(supernet.slimmable_units) == 6
