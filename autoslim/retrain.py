@@ -317,10 +317,11 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
     if device.type == "cpu":
         keep_freed_memory()
     names = [Path(p).stem for p in settings.configs]
-    main = _Trainer("joint" if len(channels) > 1 else "searched", names, space, channels, settings, data, out, device,
-                    callback)
-    if len(configs) == 1 and isinstance(configs[0].source.get("uniform"), (int, float)):
-        main.width = configs[0].source["uniform"]  # a uniform network's config (autoslim cost --save-config)
+    width = configs[0].source.get("uniform") if len(configs) == 1 else None  # autoslim cost --save-config's
+    width = width if isinstance(width, (int, float)) and not isinstance(width, bool) else None
+    kind = "joint" if len(channels) > 1 else "searched" if width is None else "uniform"
+    main = _Trainer(kind, names, space, channels, settings, data, out, device, callback)
+    main.width = width
     if state is not None:
         main.restore(state)
     elif force:

@@ -94,8 +94,9 @@ def _print_summary(result, out: str) -> None:
     from cli.console import console, print_frame
 
     summary = result.summary
+    network = f"uniform {summary['width']:g}x" if "width" in summary else "searched"
     rows = [[entry["network"], format_count(entry["macs"]), format_count(entry["params"]), _fmt(entry["accuracy"]),
-             _fmt(entry["loss"])] for entry in summary.get("joint") or [dict(summary, network="searched")]]
+             _fmt(entry["loss"])] for entry in summary.get("joint") or [dict(summary, network=network)]]
     if result.baseline is not None:
         base = result.baseline
         rows.append([f"uniform {base['width']:g}x", format_count(base["macs"]), format_count(base["params"]),

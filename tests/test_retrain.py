@@ -86,6 +86,7 @@ def test_a_uniform_config_records_its_width(supernet, tmp_path):
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["network"] == "uniform" and "uniform 0.5x" in result.output and "searched" not in result.output
     assert summary["width"] == 0.5 and summary["channels"] == supernet.uniform_config(0.5)
     assert summary["macs"] == supernet.cost(supernet.uniform_config(0.5)).macs
 
