@@ -60,6 +60,9 @@ def thousands(count: int) -> str:
 
 collect("retrain/flops-*", "retrain", lambda s: s.get("finished") and (s.get("baseline") or {}).get("finished"))
 collect("bracket/uniform-*x", "bracket", lambda s: s.get("finished"))
+for config in sorted(runs.glob("bracket/uniform-*x.yaml")):  # autoslim cost --width W --save-config
+    if (results / "bracket" / config.stem).is_dir():
+        shutil.copyfile(config, results / "bracket" / config.name)
 
 rows = []
 for budget_dir in sorted((results / "retrain").glob("flops-*"), key=lambda d: float(d.name[6:-1])):
