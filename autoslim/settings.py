@@ -19,7 +19,7 @@ from .io import read_yaml, write_yaml
 from .spaces import SPACES_DIR, SearchSpace
 
 __all__ = ["TrainSettings", "resolve_settings", "load_settings", "save_settings", "settings_from_dict",
-           "RUNTIME_KEYS", "IDENTITY_KEYS"]
+           "RUNTIME_KEYS", "IDENTITY_KEYS", "space_reference"]
 
 IDENTITY_KEYS = ("space", "dataset")
 """A run directory belongs to one space and dataset: another one there needs ``--force``."""
@@ -151,13 +151,13 @@ def resolve_settings(space: SearchSpace, *, fraction: float | None = None, **ove
     for key in ("momentum", "nesterov", "weight_decay", "warmup_epochs", "label_smoothing", "num_subnets"):
         given.setdefault(key, getattr(recipe, key))
     given.setdefault("dataset", space.dataset)
-    given.setdefault("space", _space_reference(space))
+    given.setdefault("space", space_reference(space))
     if given.get("data_dir") is not None:
         given["data_dir"] = str(Path(given["data_dir"]).resolve())  # a run reopens from any directory
     return TrainSettings(**given)
 
 
-def _space_reference(space: SearchSpace) -> str:
+def space_reference(space: SearchSpace) -> str:
     """The space as a run records it: a path that reopens from any directory, or the bundled or torchvision name."""
     if ".py:" in space.name:  # a user's model file
         file, _, function = space.name.rpartition(":")

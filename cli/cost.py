@@ -62,10 +62,11 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
     result = supernet.cost(config, input_size=size)
     if save_config:
         from autoslim.config import ChannelConfig, save_config as write_config
+        from autoslim.settings import space_reference
 
         options = {"num_classes": space.num_classes, "input_size": size, "in_channels": space.in_channels,
                    "width_mult": space.width_mult}
-        write_config(save_config, ChannelConfig(space=space_name, channels=config, space_options=options,
+        write_config(save_config, ChannelConfig(space=space_reference(space), channels=config, space_options=options,
                                                 cost={"macs": result.macs, "params": result.params, "input_size": size},
                                                 source={"uniform": width}))
     if as_json:

@@ -203,6 +203,12 @@ def test_a_run_records_a_user_model_file_so_that_it_reopens_from_anywhere(tmp_pa
 
     settings = resolve_settings(load_space(EXAMPLE), epochs=1)
     assert settings.space == f"{Path(EXAMPLE.split(':')[0]).resolve()}:build"
+    result = _cli("cost", EXAMPLE, "--width", "0.5", "--num-classes", "10", "--input-size", "32",
+                  "--save-config", str(tmp_path / "uniform.yaml"))
+    assert result.exit_code == 0, result.output
+    from autoslim.config import load_config
+
+    assert load_config(tmp_path / "uniform.yaml").space == settings.space  # a config file reopens from anywhere too
     monkeypatch.chdir(tmp_path)  # resume, search or export from another directory
     supernet = build_supernet(configure_space(load_space(settings.space), num_classes=10, input_size=32))
     assert len(supernet.slimmable_units) == 6
