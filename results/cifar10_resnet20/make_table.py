@@ -2,8 +2,9 @@
 small output files). Usage: python make_table.py RUNS RESULTS.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
-RESULTS/retrain/flops-B/seedN.json, and the table is made from all of those: the ones collected from
-earlier RUNS folders count too."""
+RESULTS/retrain/flops-B/seedN.json, and that of every finished bracket network (a uniform width retrained on
+its own) to RESULTS/bracket/uniform-Wx/seedN.json; the tables are made from all of those, so the ones
+collected from earlier RUNS folders count too."""
 
 import json
 import shutil
@@ -22,6 +23,7 @@ for name in ("supernet/summary.json", "supernet/metrics.csv", "supernet/run.yaml
 for config in sorted((runs / "search" / "configs").glob("*.yaml")):
     (results / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config, results / "configs" / config.name)
+
 
 def collect(pattern: str, into: str, finished) -> None:
     """Copy RUNS/<pattern>/seedN/summary.json of finished runs to RESULTS/<into>/<name>/seedN.json, beside the
