@@ -45,7 +45,7 @@ from .joint import JointNetwork
 from .sandwich import WarmupCosine, build_optimizer, derive_seed
 from .settings import RUNTIME_KEYS, TrainSettings, load_settings, resolve_settings, settings_from_dict
 from .slimming import uniform_within
-from .spaces import SearchSpace, build_supernet, configure_space, load_space
+from .spaces import SearchSpace, build_supernet, configure_space, load_space, space_options
 from .train import DivergedError, Report
 
 __all__ = ["FORMAT", "METRIC_COLUMNS", "BASELINES", "RetrainSettings", "RetrainResult", "resolve_retrain", "retrain",
@@ -318,7 +318,8 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
         keep_freed_memory()
     names = [Path(p).stem for p in settings.configs]
     width = configs[0].source.get("uniform") if len(configs) == 1 else None  # autoslim cost --save-config's
-    width = width if isinstance(width, (int, float)) and not isinstance(width, bool) else None
+    if isinstance(width, bool) or not isinstance(width, (int, float)):
+        width = None
     kind = "joint" if len(channels) > 1 else "searched" if width is None else "uniform"
     main = _Trainer(kind, names, space, channels, settings, data, out, device, callback)
     main.width = width
@@ -397,8 +398,7 @@ class _Trainer:
             raise ValueError(f"batch size {train.batch_size} is larger than the training split of {data.name} "
                              f"({train_size} images after holding out {len(data.search)} for the search): "
                              f"use --batch-size {train_size} or less")
-        self.space_options = {"num_classes": data.num_classes, "input_size": data.image_size,
-                              "in_channels": space.in_channels, "width_mult": space.width_mult}
+        self.space_options = space_options(space, num_classes=data.num_classes, input_size=data.image_size)
         self.model, self.costs = build_network(space, channels, num_classes=data.num_classes,
                                                input_size=data.image_size, seed=train.seed)
         self.joint = self.model if isinstance(self.model, JointNetwork) else None

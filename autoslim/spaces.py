@@ -26,8 +26,8 @@ from .io import read_yaml
 from .supernet import Supernet, convert
 from .trace import trace_model
 
-__all__ = ["Recipe", "SearchSpace", "SPACES_DIR", "list_spaces", "load_space", "configure_space", "build_model",
-           "build_supernet"]
+__all__ = ["Recipe", "SearchSpace", "SPACES_DIR", "list_spaces", "load_space", "configure_space", "space_options",
+           "build_model", "build_supernet"]
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -180,6 +180,13 @@ def configure_space(space: SearchSpace, *, width_mult: float | None = None, num_
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
             changes[key] = value
     return dataclasses.replace(space, **changes) if changes else space
+
+
+def space_options(space: SearchSpace, *, num_classes: int, input_size: int) -> dict[str, Any]:
+    """The options a checkpoint or config file records beside the space's name (the inverse of
+    :func:`configure_space`): the classes and input size it was built for, its image channels and supernet width."""
+    return {"num_classes": num_classes, "input_size": input_size, "in_channels": space.in_channels,
+            "width_mult": space.width_mult}
 
 
 def build_model(space: SearchSpace, *, width: float | None = None, num_classes: int | None = None) -> nn.Module:

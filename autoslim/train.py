@@ -194,7 +194,7 @@ class _Trainer:
     def __init__(self, settings: TrainSettings, out: Path, device: torch.device, processes: ProcessGroup, *,
                  download: bool, callback: Callable[[Report], None] | None) -> None:
         from .data import load_dataset
-        from .spaces import build_supernet, configure_space, load_space
+        from .spaces import build_supernet, configure_space, load_space, space_options
 
         self.settings, self.out, self.device, self.processes = settings, out, device, processes
         self.callback = callback if processes.main else None
@@ -211,8 +211,7 @@ class _Trainer:
                              f"use --batch-size {train_size} or less")
         if settings.batch_size % processes.world:
             raise ValueError(f"batch size {settings.batch_size} must be a multiple of the {processes.world} processes")
-        self.space_options = {"num_classes": self.data.num_classes, "input_size": self.data.image_size,
-                              "in_channels": space.in_channels, "width_mult": space.width_mult}
+        self.space_options = space_options(space, num_classes=self.data.num_classes, input_size=self.data.image_size)
         torch.manual_seed(settings.seed)
         self.supernet = build_supernet(space, num_classes=self.data.num_classes, input_size=self.data.image_size)
         self.supernet.to(device)

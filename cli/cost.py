@@ -39,7 +39,7 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
         raise click.UsageError(f"{save_config} exists: pass --force to overwrite it")
     from autoslim.budget import format_count
     from autoslim.config import load_config
-    from autoslim.spaces import build_supernet, configure_space, load_space
+    from autoslim.spaces import build_supernet, configure_space, load_space, space_options
     from cli.console import console, table
 
     if config_path:
@@ -64,8 +64,7 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
         from autoslim.config import ChannelConfig, save_config as write_config
         from autoslim.settings import space_reference
 
-        options = {"num_classes": space.num_classes, "input_size": size, "in_channels": space.in_channels,
-                   "width_mult": space.width_mult}
+        options = space_options(space, num_classes=space.num_classes, input_size=size)
         write_config(save_config, ChannelConfig(space=space_reference(space), channels=config, space_options=options,
                                                 cost={"macs": result.macs, "params": result.params, "input_size": size},
                                                 source={"uniform": width}))

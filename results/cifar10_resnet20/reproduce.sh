@@ -72,11 +72,12 @@ run_seeds() {
     for seed in $SEEDS; do "$2" "$seed"; done
   fi
 }
-mkdir -p "$RUNS/bracket"
+mkdir -p "$RUNS"
 if has_stage retrain; then
   run_seeds retrain retrain_seed
 fi
 if has_stage bracket; then
+  mkdir -p "$RUNS/bracket"
   for w in $BRACKET_WIDTHS; do
     [ -f "$RUNS/bracket/uniform-${w}x.yaml" ] || \
       "$AUTOSLIM" cost resnet20_cifar --width "$w" --save-config "$RUNS/bracket/uniform-${w}x.yaml" > /dev/null
