@@ -1,5 +1,6 @@
 """Collect the figures of reproduce.sh into results/cifar10_resnet20 (table.csv, table.md, copies of the
-small output files). Usage: python make_table.py RUNS RESULTS.
+small output files, and retrained.png: test accuracy against MACs and params). Usage: python make_table.py
+RUNS RESULTS.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
 RESULTS/retrain/flops-B/seedN.json, and that of every finished bracket network (a uniform width retrained on
@@ -105,6 +106,44 @@ if brackets:
     lines += write("bracket", brackets, ["uniform", "seeds", "MACs", "params", "accuracy % (mean ± sd)", "train s"],
                    lambda r: [f"{r['width']}x", str(r["seeds"]), millions(r["macs"]), thousands(r["params"]),
                               f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}", f"{r['seconds']:,}"])
+
+
+def plot(rows: list[dict], brackets: list[dict]) -> None:
+    """RESULTS/retrained.png: mean test accuracy (bars: sd over seeds) of the searched configs against the uniform
+    networks (baselines and brackets, joined by a line), by MACs and by params."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    uniform = {r["uniform_width"]: (r["uniform_macs"], r["uniform_params"], r["uniform_acc_mean"], r["uniform_acc_std"])
+               for r in rows}
+    uniform.update({b["width"]: (b["macs"], b["params"], b["acc_mean"], b["acc_std"]) for b in brackets})
+    uniform = sorted(uniform.values())
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, column, label in ((axes[0], 0, "MACs (M)"), (axes[1], 1, "params (k)")):
+        scale = 1e6 if column == 0 else 1e3
+        if uniform:
+            axis.errorbar([u[column] / scale for u in uniform], [u[2] for u in uniform], [u[3] for u in uniform],
+                          marker="s", capsize=3, label="uniform width")
+        axis.errorbar([r["autoslim_" + ("macs" if column == 0 else "params")] / scale for r in rows],
+                      [r["autoslim_acc_mean"] for r in rows], [r["autoslim_acc_std"] for r in rows],
+                      marker="o", linestyle="none", capsize=3, label="AutoSlim (searched)")
+        for r in rows:
+            axis.annotate(r["budget"].removeprefix("flops-"),
+                          (r["autoslim_" + ("macs" if column == 0 else "params")] / scale, r["autoslim_acc_mean"]),
+                          textcoords="offset points", xytext=(5, -12), fontsize=8)
+        axis.set_xlabel(label)
+        axis.set_ylabel("test accuracy % (retrained)")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right")
+    figure.suptitle(f"CIFAR-10 ResNet-20, {rows[0]['epochs']} epochs, mean ± sd over seeds" if rows else "")
+    figure.tight_layout()
+    figure.savefig(results / "retrained.png", dpi=120)
+    plt.close(figure)
+
+
+if rows:
+    plot(rows, brackets)
 if lines:
     (results / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
