@@ -1,6 +1,6 @@
 """Collect the figures of reproduce.sh into results/cifar10_resnet20 (table.csv, table.md, copies of the
-small output files, and retrained.png: test accuracy against MACs and params). Usage: python make_table.py
-RUNS RESULTS.
+small output files, retrained.png: test accuracy against MACs and params, and proxy.csv: the supernet's
+held-out score of each retrained network beside its retrained accuracy). Usage: python make_table.py RUNS RESULTS.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
 RESULTS/retrain/flops-B/seedN.json, and that of every finished bracket network (a uniform width retrained on
@@ -108,6 +108,39 @@ if brackets:
                               f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}", f"{r['seconds']:,}"])
 
 
+def proxy(rows: list[dict], brackets: list[dict]) -> list[str]:
+    """RESULTS/proxy.csv and its markdown lines: how the search's scores (supernet, held-out images) of the
+    retrained networks rank them against their retrained test accuracy. A network is matched to the search's
+    scores by its MACs and params (several widths round to the same channels)."""
+    summary_path = results / "search" / "summary.json"
+    if not summary_path.exists():
+        return []
+    search = json.loads(summary_path.read_text())
+    scored = {(u["macs"], u["params"]): u["accuracy"] for u in search["uniform"]}
+    for name, target in search["targets"].items():
+        scored[(target["macs"], target["params"])] = target["accuracy"]
+        scored[(target["uniform"]["macs"], target["uniform"]["params"])] = target["uniform"]["accuracy"]
+    networks = {}
+    for r in rows:
+        networks[(r["autoslim_macs"], r["autoslim_params"])] = (f"AutoSlim {r['budget'].removeprefix('flops-')}",
+                                                                r["autoslim_acc_mean"])
+        networks[(r["uniform_macs"], r["uniform_params"])] = (f"uniform {r['uniform_width']}x", r["uniform_acc_mean"])
+    for b in brackets:
+        networks[(b["macs"], b["params"])] = (f"uniform {b['width']}x", b["acc_mean"])
+    table = [{"network": name, "macs": macs, "params": params, "supernet_acc": round(scored[macs, params] * 100, 2),
+              "retrained_acc": accuracy}
+             for (macs, params), (name, accuracy) in sorted(networks.items()) if (macs, params) in scored]
+    if len(table) < 2:
+        return []
+    pairs = [(a, b) for i, a in enumerate(table) for b in table[i + 1:]
+             if a["retrained_acc"] != b["retrained_acc"] and a["supernet_acc"] != b["supernet_acc"]]
+    agree = sum((a["supernet_acc"] > b["supernet_acc"]) == (a["retrained_acc"] > b["retrained_acc"]) for a, b in pairs)
+    lines = write("proxy", table, ["network", "MACs", "params", "supernet score % (held-out)", "retrained %"],
+                  lambda r: [r["network"], millions(r["macs"]), thousands(r["params"]), f"{r['supernet_acc']:.2f}",
+                             f"{r['retrained_acc']:.2f}"])
+    return lines + ["", f"The supernet orders {agree} of {len(pairs)} pairs of these networks as retraining does."]
+
+
 def plot(rows: list[dict], brackets: list[dict]) -> None:
     """RESULTS/retrained.png: mean test accuracy (bars: sd over seeds) of the searched configs against the uniform
     networks (baselines and brackets, joined by a line), by MACs and by params."""
@@ -142,6 +175,10 @@ def plot(rows: list[dict], brackets: list[dict]) -> None:
     plt.close(figure)
 
 
+proxy_lines = proxy(rows, brackets)
+if proxy_lines:
+    lines += ["", "The search's score of each retrained network (supernet, held-out images) beside its retrained "
+              "accuracy:", ""] + proxy_lines
 if rows:
     plot(rows, brackets)
 if lines:
