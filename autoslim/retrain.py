@@ -19,9 +19,6 @@ so an interrupted and resumed run ends with the same weights as an uninterrupted
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import math
 import os
 import time
@@ -35,24 +32,24 @@ from torch import Tensor, nn
 
 from . import __version__
 from .calibrate import evaluate
-from .checkpoint import read_state
+from .checkpoint import CHECKPOINT_NAME, read_state
 from .config import ChannelConfig, load_config, save_config
 from .devices import keep_freed_memory, resolve_device
 from .export import materialize
 from .interrupt import StopRequest
-from .io import atomic_write, read_yaml, write_json, write_text, write_yaml
+from .io import atomic_write, read_yaml, write_json, write_yaml
 from .joint import JointNetwork
-from .sandwich import WarmupCosine, build_optimizer, derive_seed
+from .sandwich import derive_seed
 from .settings import RUNTIME_KEYS, TrainSettings, load_settings, resolve_settings, settings_from_dict
 from .slimming import uniform_within
 from .spaces import SearchSpace, build_supernet, configure_space, load_space, space_options
-from .train import DivergedError, Report
+from .loop import TrainingLoop
+from .train import Report
 
 __all__ = ["FORMAT", "METRIC_COLUMNS", "BASELINES", "RetrainSettings", "RetrainResult", "resolve_retrain", "retrain",
            "build_network", "load_retrained"]
 
 FORMAT = "autoslim-retrain/1"
-CHECKPOINT_NAME = "checkpoint.pt"
 METRIC_COLUMNS = ("step", "epoch", "kind", "network", "lr", "loss", "images_per_second", "test_accuracy",
                   "test_loss", "seconds")
 BASELINES = ("uniform",)
@@ -381,8 +378,10 @@ def _remove_outputs(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-class _Trainer:
+class _Trainer(TrainingLoop):
     """One network's training: model, optimizer, schedule, the loop, its directory."""
+
+    metric_columns = METRIC_COLUMNS
 
     def __init__(self, name: str, members: list[str], space: SearchSpace, channels: list[dict[str, int]],
                  settings: RetrainSettings, data: Any, out: Path, device: torch.device,
@@ -393,31 +392,13 @@ class _Trainer:
         self.callback = callback
         self.width: float | None = None
         self.extra: dict[str, Any] = {}
-        train_size = len(data.train)
-        if train.batch_size > train_size:
-            raise ValueError(f"batch size {train.batch_size} is larger than the training split of {data.name} "
-                             f"({train_size} images after holding out {len(data.search)} for the search): "
-                             f"use --batch-size {train_size} or less")
+        self.what = f"training of the {name} network"
         self.space_options = space_options(space, num_classes=data.num_classes, input_size=data.image_size)
         self.model, self.costs = build_network(space, channels, num_classes=data.num_classes,
                                                input_size=data.image_size, seed=train.seed)
         self.joint = self.model if isinstance(self.model, JointNetwork) else None
         self.model.to(device)
-        self.amp = train.amp == "on" or (train.amp == "auto" and device.type == "cuda"
-                                         and torch.cuda.is_bf16_supported())
-        self.channels_last = train.channels_last == "on"
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.steps_per_epoch = train_size // train.batch_size
-        self.total_steps = self.steps_per_epoch * train.epochs
-        self.optimizer = build_optimizer(self.model, train)
-        warmup = round(train.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine(warmup, self.total_steps))
-        self.step = 0
-        self.epoch = 0  # completed (tested) epochs
-        self.seconds = 0.0  # training time of earlier sessions
-        self._session: float | None = None  # when this session's training started; None outside run()
-        self.rows: list[dict[str, Any]] = []
+        self._setup_schedule(self.model, train, data)
         self.evaluation: list[tuple[float, float]] = []  # (accuracy, loss) per member, after the last epoch
 
     # -- state ---------------------------------------------------------------------------------
@@ -430,14 +411,7 @@ class _Trainer:
         if state["split"] != self.data.split_info():
             raise ValueError(f"{path}: the {self.data.name} data splits differently now than when the retraining "
                              "started; pass the same data (--data-dir) or --force to start over")
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(f"{path}: {state['steps_per_epoch']} steps per epoch were recorded, "
-                             f"{self.steps_per_epoch} now; pass --force to start over")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.seconds = int(state["step"]), int(state["epoch"]), float(state["seconds"])
-        self.rows = [dict(row) for row in state["metrics"]]
+        self._restore_training(state, self.model)
         self.evaluation = [tuple(pair) for pair in state["evaluation"]]
 
     def _state(self) -> dict[str, Any]:
@@ -462,30 +436,11 @@ class _Trainer:
             "seconds": self._elapsed(),
         }
 
-    def _elapsed(self) -> float:
-        return self.seconds + (time.perf_counter() - self._session if self._session is not None else 0.0)
-
-    @contextlib.contextmanager
-    def _writing(self):
-        try:
-            yield
-        except OSError as error:  # e.g. a full disk: the atomic writes kept the previous files
-            raise RuntimeError(f"cannot write to {self.out}: {error.strerror or error}; the previous checkpoint is "
-                               "kept, so free some space and run the same command again to resume") from error
-
     def _save(self) -> None:
         with self._writing():
             atomic_write(self.out / CHECKPOINT_NAME, lambda stream: torch.save(self._state(), stream))
             self.write_summary()
             self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, restval="", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        with self._writing():
-            write_text(self.out / "metrics.csv", buffer.getvalue())
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``: the first config's test accuracy and cost, the run's facts."""
@@ -518,9 +473,6 @@ class _Trainer:
         if self.callback is not None:
             epoch = self.epoch if kind in ("epoch", "end") else min(self.train.epochs, self.epoch + 1)
             self.callback(self.name, Report(kind, epoch, self.train.epochs, self.step, self.total_steps, values))
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _select(self, index: int) -> None:
         if self.joint is not None:
@@ -604,12 +556,6 @@ class _Trainer:
         self._write_metrics()
         self._report("log", loss=sum(values) / len(values), lr=common["lr"],
                      images_per_second=common["images_per_second"])
-
-    def _diverged(self, what: str) -> None:
-        kept = f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out / CHECKPOINT_NAME}" \
-            if (self.out / CHECKPOINT_NAME).exists() else "no checkpoint was written"
-        raise DivergedError(f"training of the {self.name} network diverged: {what} at step {self.step} "
-                            f"(epoch {self.epoch + 1}); {kept}; lower --lr and start over with --force")
 
     def _test(self) -> None:
         size = min(self.train.eval_batch_size, len(self.data.test))

@@ -19,10 +19,7 @@ all-reduced once per step (``no_sync`` for the first ``num_subnets - 1`` passes)
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import inspect
-import io
 import math
 import os
 import random
@@ -39,8 +36,9 @@ from .calibrate import evaluate, recalibrate
 from .checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_checkpoint, unit_records
 from .devices import ProcessGroup, keep_freed_memory, resolve_device
 from .interrupt import StopRequest
-from .io import write_json, write_text
-from .sandwich import WarmupCosine, build_optimizer, derive_seed, sandwich_configs, sandwich_step, subnet_rng
+from .io import write_json
+from .loop import DivergedError, TrainingLoop
+from .sandwich import derive_seed, sandwich_configs, sandwich_step, subnet_rng
 from .settings import IDENTITY_KEYS, RUNTIME_KEYS, TrainSettings, load_settings, save_settings, settings_from_dict
 from .supernet import Supernet
 
@@ -49,10 +47,6 @@ __all__ = ["train_supernet", "TrainResult", "Report", "DivergedError", "METRIC_C
 METRIC_COLUMNS = ("step", "epoch", "kind", "lr", "loss_largest", "loss_smallest", "images_per_second",
                   "largest_accuracy", "largest_loss", "smallest_accuracy", "smallest_loss", "seconds")
 _OUTPUTS = (CHECKPOINT_NAME, "metrics.csv", "run.yaml", "summary.json")
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +182,10 @@ def train_supernet(settings: TrainSettings, out_dir: str | os.PathLike, *, resum
         processes.close()
 
 
-class _Trainer:
+class _Trainer(TrainingLoop):
     """One training run: data, supernet, optimizer and the loop (the state of :func:`train_supernet`)."""
+
+    metric_columns = METRIC_COLUMNS
 
     def __init__(self, settings: TrainSettings, out: Path, device: torch.device, processes: ProcessGroup, *,
                  download: bool, callback: Callable[[Report], None] | None) -> None:
@@ -204,22 +200,13 @@ class _Trainer:
         if self.data.in_channels != space.in_channels:
             raise ValueError(f"space {space.name} takes {space.in_channels}-channel images but {self.data.name} has "
                              f"{self.data.in_channels}-channel ones")
-        train_size = len(self.data.train)
-        if settings.batch_size > train_size:
-            raise ValueError(f"batch size {settings.batch_size} is larger than the training split of {self.data.name} "
-                             f"({train_size} images after holding out {len(self.data.search)} for the search): "
-                             f"use --batch-size {train_size} or less")
         if settings.batch_size % processes.world:
             raise ValueError(f"batch size {settings.batch_size} must be a multiple of the {processes.world} processes")
         self.space_options = space_options(space, num_classes=self.data.num_classes, input_size=self.data.image_size)
         torch.manual_seed(settings.seed)
         self.supernet = build_supernet(space, num_classes=self.data.num_classes, input_size=self.data.image_size)
         self.supernet.to(device)
-        self.amp = settings.amp == "on" or (settings.amp == "auto" and device.type == "cuda"
-                                            and torch.cuda.is_bf16_supported())
-        self.channels_last = settings.channels_last == "on"
-        if self.channels_last:
-            self.supernet.to(memory_format=torch.channels_last)
+        self._setup_schedule(self.supernet, settings, self.data)
         self.model: nn.Module = self.supernet
         if processes.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -228,17 +215,7 @@ class _Trainer:
             no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                               else {"broadcast_buffers": False})
             self.model = DDP(self.supernet, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
-        self.steps_per_epoch = train_size // settings.batch_size
-        self.total_steps = self.steps_per_epoch * settings.epochs
-        self.optimizer = build_optimizer(self.supernet, settings)
-        warmup = round(settings.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine(warmup, self.total_steps))
         self.largest, self.smallest = self.supernet.largest_config(), self.supernet.smallest_config()
-        self.step = 0
-        self.epoch = 0  # completed (evaluated) epochs
-        self.seconds = 0.0  # training time of earlier sessions of this run
-        self._session = time.perf_counter()
-        self.rows: list[dict[str, Any]] = []
         self.evaluation: dict[str, float] = {}
 
     # -- state ---------------------------------------------------------------------------------
@@ -251,17 +228,10 @@ class _Trainer:
         if state["data"]["split"] != self.data.split_info():
             raise ValueError(f"{path}: the {self.data.name} data splits differently now than when the run started; "
                              "pass the same data (--data-dir) or --force to start over")
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(f"{path}: {state['steps_per_epoch']} steps per epoch were recorded, "
-                             f"{self.steps_per_epoch} now; pass --force to start over")
-        self.supernet.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._restore_training(state, self.supernet)
         rng = state["rng"]
         random.setstate(rng["python"])
         torch.set_rng_state(rng["torch"])
-        self.step, self.epoch, self.seconds = int(state["step"]), int(state["epoch"]), float(state["seconds"])
-        self.rows = [dict(row) for row in state["metrics"]]
         self.evaluation = dict(state["evaluation"])
 
     def _state(self) -> dict[str, Any]:
@@ -290,31 +260,12 @@ class _Trainer:
             "seconds": self._elapsed(),
         }
 
-    def _elapsed(self) -> float:
-        return self.seconds + time.perf_counter() - self._session
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as error:  # e.g. a full disk: the atomic writes kept the previous files
-            raise RuntimeError(f"cannot write to {self.out}: {error.strerror or error}; the previous checkpoint is "
-                               "kept, so free some space and run the same command again to resume") from error
-
     def _save(self) -> None:
         if self.processes.main:
             with self._writing():
                 save_checkpoint(self.out / CHECKPOINT_NAME, self._state())
                 write_json(self.out / "summary.json", self._summary())
             self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, restval="", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        with self._writing():
-            write_text(self.out / "metrics.csv", buffer.getvalue())
 
     def _summary(self) -> dict[str, Any]:
         largest, smallest = self.supernet.cost(self.largest), self.supernet.cost(self.smallest)
@@ -346,9 +297,6 @@ class _Trainer:
         if self.callback is not None:
             epoch = self.epoch if kind in ("epoch", "end") else min(self.settings.epochs, self.epoch + 1)
             self.callback(Report(kind, epoch, self.settings.epochs, self.step, self.total_steps, values))
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def run(self) -> TrainResult:
         if self.processes.main:
@@ -427,12 +375,6 @@ class _Trainer:
             self._write_metrics()
         self._report("log", **{k: row[k] for k in ("lr", "loss_largest", "loss_smallest", "images_per_second")})
         return stops > 0
-
-    def _diverged(self, what: str) -> None:
-        kept = f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out / CHECKPOINT_NAME}" \
-            if (self.out / CHECKPOINT_NAME).exists() else "no checkpoint was written"
-        raise DivergedError(f"training diverged: {what} at step {self.step} (epoch {self.epoch + 1}); {kept}; "
-                            "lower --lr and start over with --force")
 
     def _calibration_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(derive_seed("calibration", self.settings.seed))
