@@ -13,6 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from autoslim.budget import parse_budget
+
 runs, results = Path(sys.argv[1]), Path(sys.argv[2])
 for name in ("supernet/summary.json", "supernet/metrics.csv", "supernet/run.yaml", "search/summary.json",
              "search/trajectory.csv", "search/pareto.csv", "search/pareto.png", "search/run.yaml"):
@@ -68,7 +70,7 @@ for config in sorted(runs.glob("bracket/uniform-*x.yaml")):  # autoslim cost --w
         shutil.copyfile(config, results / "bracket" / config.name)
 
 rows = []
-for budget_dir in sorted((results / "retrain").glob("flops-*"), key=lambda d: float(d.name[6:-1])):
+for budget_dir in sorted((results / "retrain").glob("flops-*"), key=lambda d: parse_budget(d.name[6:])):
     searched = [json.loads(p.read_text()) for p in sorted(budget_dir.glob("seed*.json"))]
     if not searched:
         continue
