@@ -34,6 +34,7 @@ __all__ = [
     "Target",
     "append_step",
     "check_targets",
+    "choice_leads",
     "greedy_search",
     "parse_targets",
     "pareto_front",
@@ -45,7 +46,9 @@ __all__ = [
 
 CRITERIA = ("accuracy", "drop-per-mac")
 TARGET_KINDS = ("flops", "params")
-TRAJECTORY_COLUMNS = ("step", "unit", "channels", "macs", "params", "accuracy", "loss", "score", "candidates", "seconds")
+TRAJECTORY_COLUMNS = ("step", "unit", "channels", "macs", "params", "accuracy", "loss", "score", "runner_up", "candidates",
+                      "seconds")
+_OLD_COLUMNS = tuple(c for c in TRAJECTORY_COLUMNS if c != "runner_up")  # autoslim 0.x before runner_up
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class Step:
         candidates: how many candidates were scored at this step.
         seconds: wall time of this step.
         config: the full config (unit name -> count) after the step.
+        runner_up: the criterion value of the second-best candidate (``None`` for step 0, a single
+            candidate, or a trajectory written before it was recorded). Under ``accuracy`` the lead
+            ``score - runner_up`` times the batch size is the number of held-out images the choice turned on.
     """
 
     step: int
@@ -93,6 +99,7 @@ class Step:
     candidates: int
     seconds: float = field(compare=False)
     config: dict[str, int] = field(hash=False)
+    runner_up: Optional[float] = None
 
 
 Cost = Callable[[Mapping[str, int]], Tuple[int, int]]
@@ -194,14 +201,16 @@ def greedy_search(
         else:
             values = [_drop_per_mac(accuracy, macs, s, c[0]) for s, c in zip(scores, costs)]
             keys = [(v, s.loss, i) for i, (v, s) in enumerate(zip(values, scores))]
-        best = min(keys)[-1]
+        ranked = sorted(keys)
+        best = ranked[0][-1]
+        runner_up = values[ranked[1][-1]] if len(ranked) > 1 else None
         unit, config = candidates[best]
         score = scores[best]
         number += 1
         current, accuracy = config, score.accuracy
         macs, params = costs[best]
         yield Step(number, unit, config[unit], macs, params, score.accuracy, score.loss, values[best],
-                   len(candidates), time.perf_counter() - began, dict(config))
+                   len(candidates), time.perf_counter() - began, dict(config), runner_up)
 
 
 def _ladders(start: Mapping[str, int], choices: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
@@ -364,6 +373,22 @@ def pareto_front(steps: Sequence[Step]) -> list[Step]:
     return front
 
 
+def choice_leads(steps: Sequence[Step], batch: int) -> Optional[dict[str, float]]:
+    """How narrowly the greedy choices of an ``accuracy`` search were made, on a batch of ``batch`` images.
+
+    Returns ``None`` if no step recorded a runner-up, else ``steps`` (the steps that had one), ``ties``
+    (best and runner-up equally accurate: the loss decided), ``within_1pct`` (a lead of at most 1% of the
+    batch) and ``median_images`` (the median lead, in images).
+    """
+    leads = sorted(round((s.score - s.runner_up) * batch) for s in steps if s.runner_up is not None)
+    if not leads:
+        return None
+    middle = len(leads) // 2
+    median = leads[middle] if len(leads) % 2 else (leads[middle - 1] + leads[middle]) / 2
+    return {"steps": len(leads), "ties": sum(lead == 0 for lead in leads),
+            "within_1pct": sum(lead <= batch / 100 for lead in leads), "median_images": median}
+
+
 # ---------------------------------------------------------------------------------------- trajectory
 
 
@@ -410,7 +435,8 @@ def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, 
     """Read a trajectory CSV, rebuilding each step's config by replaying the unit changes from ``start``.
 
     A last line without its newline was cut by a killed process and is dropped, even when it parses (a
-    number may have been cut short).
+    number may have been cut short). A trajectory written before the ``runner_up`` column is read with
+    ``runner_up`` None (and rewritten with the column when ``repair`` is set, so that it can be continued).
 
     Args:
         path: the CSV written by :func:`append_step`.
@@ -431,22 +457,23 @@ def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, 
         lines = lines[:-1]
     steps: list[Step] = []
     if lines:
-        header = next(csv.reader(lines[:1]))
-        if tuple(header) != TRAJECTORY_COLUMNS:
+        header = tuple(next(csv.reader(lines[:1])))
+        old = header == _OLD_COLUMNS
+        if header != TRAJECTORY_COLUMNS and not old:
             raise ValueError(f"{path} is not a trajectory: its header is {','.join(header)}, expected "
                              f"{','.join(TRAJECTORY_COLUMNS)}")
         config = dict(start)
         for number, fields in enumerate(csv.reader(lines[1:]), start=2):
             if not fields:
                 continue
-            step = _step(fields, config, path, number)
+            step = _step(fields, header, config, path, number)
             expected = steps[-1].step + 1 if steps else 0
             if step.step != expected:
                 raise ValueError(f"{path}, line {number}: step {step.step} where step {expected} was expected; "
                                  "the file mixes two searches, start a new one in an empty directory")
             config = step.config
             steps.append(step)
-    if broken and repair:
+    if (broken or old) and repair:
         write_trajectory(path, steps)
     return steps
 
@@ -454,22 +481,24 @@ def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, 
 def _row(step: Step) -> list:
     """The CSV fields of a step."""
     return [step.step, "" if step.unit is None else step.unit, "" if step.channels is None else step.channels,
-            step.macs, step.params, step.accuracy, step.loss, step.score, step.candidates, step.seconds]
+            step.macs, step.params, step.accuracy, step.loss, step.score,
+            "" if step.runner_up is None else step.runner_up, step.candidates, step.seconds]
 
 
-def _step(fields: list[str], config: Mapping[str, int], path: Path, number: int) -> Step:
-    """Parse one CSV row, applying its unit change to ``config`` (the config before it)."""
-    if len(fields) != len(TRAJECTORY_COLUMNS):
-        raise ValueError(f"{path}, line {number}: {len(fields)} fields where {len(TRAJECTORY_COLUMNS)} "
+def _step(fields: list[str], header: Sequence[str], config: Mapping[str, int], path: Path, number: int) -> Step:
+    """Parse one CSV row of a file with ``header``, applying its unit change to ``config`` (the config before it)."""
+    if len(fields) != len(header):
+        raise ValueError(f"{path}, line {number}: {len(fields)} fields where {len(header)} "
                          "were expected; fix or delete that line")
-    row = dict(zip(TRAJECTORY_COLUMNS, fields))
+    row = dict(zip(header, fields))
     try:
         unit = row["unit"] or None
         channels = int(row["channels"]) if row["channels"] else None
         step = int(row["step"])
         values = dict(macs=int(row["macs"]), params=int(row["params"]), accuracy=float(row["accuracy"]),
                       loss=float(row["loss"]), score=float(row["score"]), candidates=int(row["candidates"]),
-                      seconds=float(row["seconds"]))
+                      seconds=float(row["seconds"]),
+                      runner_up=float(row["runner_up"]) if row.get("runner_up") else None)
     except ValueError as error:
         raise ValueError(f"{path}, line {number}: {error}; fix or delete that line") from None
     after = dict(config)

@@ -21,8 +21,8 @@ import torch
 from .budget import format_count
 from .config import ChannelConfig, save_config
 from .io import read_yaml, write_json, write_text, write_yaml
-from .search import (CRITERIA, Step, Target, append_step, check_targets, greedy_search, pareto_front, pick,
-                     read_trajectory, stop_limits)
+from .search import (CRITERIA, Step, Target, append_step, check_targets, choice_leads, greedy_search, pareto_front,
+                     pick, read_trajectory, stop_limits)
 from .supernet import Supernet
 
 __all__ = ["SearchSettings", "SearchResult", "search_run", "uniform_within", "UNIFORM_WIDTHS"]
@@ -222,6 +222,8 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
     summary: dict[str, Any] = {"run": settings.run, "space": run.space.name, "criterion": settings.criterion,
                                "steps": len(result.steps) - 1, "targets": {}, "uniform": result.uniform,
                                "work": result.work}
+    if settings.criterion == "accuracy":
+        summary["choices"] = choice_leads(result.steps, result.work["batch"])
     for target in targets:
         step = result.picks[target.label]
         path = out / "configs" / f"{target.label}.yaml"

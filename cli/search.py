@@ -78,3 +78,11 @@ def search(run_dir, flops, params, out_dir, eval_batch, calibration_batches, cri
                          "uniform acc", "config"], rows,
                         justify_right={"step", "MACs", "params", "accuracy", "uniform MACs", "uniform acc"}))
     console.print(f"Pareto plot: {out / 'pareto.png'}  (accuracy on the held-out search batch)")
+    leads = result.summary.get("choices")
+    if leads:
+        console.print(f"The best candidate led the runner-up by a median of {leads['median_images']:g} of "
+                      f"{result.work['batch']:,} held-out images; {leads['ties']} of {leads['steps']} steps were "
+                      f"ties (the loss decided), {leads['within_1pct']} within 1% of the images.")
+        if leads["within_1pct"] * 2 > leads["steps"]:
+            console.print("Most choices turn on a few images: a larger --eval-batch (up to the held-out split) "
+                          "makes them less noisy.")

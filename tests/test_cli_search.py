@@ -46,6 +46,11 @@ def test_search_writes_configs_meeting_each_target(run_dir, tmp_path):
     macs = [int(row["macs"]) for row in _rows(out / "trajectory.csv")]
     assert all(b < a for a, b in zip(macs, macs[1:]))
     assert "flops-500k" in result.output
+    batch, choices = summary["work"]["batch"], summary["choices"]
+    leads = [round((float(r["score"]) - float(r["runner_up"])) * batch) for r in _rows(out / "trajectory.csv")
+             if r["runner_up"]]
+    assert choices["steps"] == len(leads) > 0 and choices["ties"] == leads.count(0)
+    assert f"{choices['ties']} of {choices['steps']} steps were ties" in " ".join(result.output.split())
 
 
 def test_killed_and_resumed_equals_uninterrupted(run_dir, tmp_path):

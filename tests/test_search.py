@@ -14,6 +14,7 @@ from autoslim.search import (
     Target,
     append_step,
     check_targets,
+    choice_leads,
     greedy_search,
     parse_targets,
     pareto_front,
@@ -336,3 +337,51 @@ def test_pareto_front_of_a_trajectory_keeps_its_best_points():
     assert all(x.macs < y.macs and x.accuracy < y.accuracy for x, y in zip(front, front[1:]))
     for step in steps:
         assert any(f.macs <= step.macs and f.accuracy >= step.accuracy for f in front)
+
+
+def test_each_step_records_the_runner_up_of_its_criterion():
+    # a costs 0.01 per channel, c 0.02, b and d nothing: from the start, b or d (0.9) lead; then b, d, a...
+    steps = run()
+    assert steps[0].runner_up is None
+    first = steps[1]
+    assert first.unit == "b" and first.score == pytest.approx(0.9)
+    assert first.runner_up == pytest.approx(0.9)  # d ties with b; the unit order decided
+    once_free_units_are_gone = next(s for s in steps if s.unit == "a")
+    assert once_free_units_are_gone.score == pytest.approx(once_free_units_are_gone.runner_up + 0.02)  # a over c
+
+
+def test_choice_leads_count_ties_and_narrow_leads_in_images():
+    steps = run()
+    leads = choice_leads(steps, batch=1000)
+    with_runner_up = [s for s in steps if s.runner_up is not None]
+    images = [round((s.score - s.runner_up) * 1000) for s in with_runner_up]
+    assert leads["steps"] == len(with_runner_up) == len(steps) - 1 - sum(s.candidates == 1 for s in steps[1:])
+    assert leads["ties"] == images.count(0) > 0
+    assert leads["within_1pct"] == sum(i <= 10 for i in images)
+    assert 0 < leads["within_1pct"] < leads["steps"]
+    assert choice_leads(steps[:1], batch=1000) is None
+
+
+def test_a_trajectory_without_the_runner_up_column_is_read_and_upgraded(tmp_path):
+    path = tmp_path / "trajectory.csv"
+    steps = run()[:4]
+    old_columns = [c for c in TRAJECTORY_COLUMNS if c != "runner_up"]
+    rows = [",".join(old_columns)]
+    for s in steps:
+        row = dict(step=s.step, unit=s.unit or "", channels="" if s.channels is None else s.channels, macs=s.macs,
+                   params=s.params, accuracy=s.accuracy, loss=s.loss, score=s.score, candidates=s.candidates,
+                   seconds=s.seconds)
+        rows.append(",".join(str(row[c]) for c in old_columns))
+    path.write_text("\n".join(rows) + "\n")
+
+    back = read_trajectory(path, START)
+    assert [s.config for s in back] == [s.config for s in steps]
+    assert all(s.runner_up is None for s in back)
+    assert path.read_text().splitlines()[0] == ",".join(old_columns)  # untouched without repair
+
+    back = read_trajectory(path, START, repair=True)
+    assert path.read_text().splitlines()[0] == ",".join(TRAJECTORY_COLUMNS)
+    rest = list(greedy_search(START, CHOICES, chain_cost, EVALUATE, history=back))
+    for step in rest:
+        append_step(path, step)
+    assert [s.config for s in read_trajectory(path, START)] == [s.config for s in run()]
