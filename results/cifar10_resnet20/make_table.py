@@ -16,16 +16,29 @@ from pathlib import Path
 from autoslim.budget import parse_budget
 
 runs, results = Path(sys.argv[1]), Path(sys.argv[2])
-for name in ("supernet/summary.json", "supernet/metrics.csv", "supernet/run.yaml", "search/summary.json",
-             "search/trajectory.csv", "search/pareto.csv", "search/pareto.png", "search/run.yaml"):
-    source = runs / name
+
+
+def finished_supernet(stage: Path) -> bool:
+    summary = stage / "summary.json"
+    return summary.exists() and bool(json.loads(summary.read_text()).get("finished"))
+
+
+# Only a finished supernet and a finished search (the one on that supernet: its summary is written last) replace
+# the committed ones: a run in progress in RUNS must not overwrite the figures of the finished one.
+copied = []
+if finished_supernet(runs / "supernet"):
+    copied += ["supernet/summary.json", "supernet/metrics.csv", "supernet/run.yaml"]
+    if (runs / "search" / "summary.json").exists():
+        copied += ["search/summary.json", "search/trajectory.csv", "search/pareto.csv", "search/pareto.png",
+                   "search/run.yaml"]
+        for config in sorted((runs / "search" / "configs").glob("*.yaml")):
+            (results / "configs").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(config, results / "configs" / config.name)
+for name in copied:
+    source, target = runs / name, results / name
     if source.exists():
-        target = results / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-for config in sorted((runs / "search" / "configs").glob("*.yaml")):
-    (results / "configs").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config, results / "configs" / config.name)
 
 
 def collect(pattern: str, into: str, finished) -> None:

@@ -24,7 +24,7 @@ RUNS=${RUNS:-runs/cifar10_resnet20}
 RESULTS=results/cifar10_resnet20
 STAGES=${STAGES:-"supernet search retrain bracket"}   # any subset, in this order
 # bracket: the uniform network just above each searched config (the retrain stage's baseline is the one just
-# below): 0.41x (8.94M MACs) above the 10M config, 0.69x (27.4M) above 20M, 1.06x (40.8M) above 40M
+# below): 0.41x (8.94M MACs) above the 10M config, 0.69x (29.6M) above 20M, 1.06x (40.8M, the same channels as 1.0x) above 40M
 BRACKET_WIDTHS=${BRACKET_WIDTHS:-"0.41 0.69 1.06"}
 CONFIGS=${CONFIGS:-$RUNS/search/configs}      # the searched configs to retrain
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
