@@ -1,12 +1,14 @@
 """Collect the figures of reproduce.sh into results/cifar10_resnet20 (table.csv, table.md, copies of the
-small output files, retrained.png: test accuracy against MACs and params, and proxy.csv: the supernet's
-held-out score of each retrained network beside its retrained accuracy). Usage: python make_table.py RUNS RESULTS.
+small output files, retrained.png: test accuracy against MACs and params, proxy.csv: the supernet's
+held-out score of each retrained network beside its retrained accuracy, and stages.csv: where the greedy
+search's steps went). Usage: python make_table.py RUNS RESULTS.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
 RESULTS/retrain/flops-B/seedN.json, and that of every finished bracket network (a uniform width retrained on
 its own) to RESULTS/bracket/uniform-Wx/seedN.json; the tables are made from all of those, so the ones
 collected from earlier RUNS folders count too."""
 
+import csv
 import json
 import shutil
 import statistics
@@ -156,6 +158,29 @@ def proxy(rows: list[dict], brackets: list[dict]) -> list[str]:
     return lines + ["", f"The supernet orders {agree} of {len(pairs)} pairs of these networks as retraining does."]
 
 
+def stages() -> list[str]:
+    """RESULTS/stages.csv and its markdown lines: the greedy steps of search/trajectory.csv by the stage of the unit
+    they cut (``layer2.0.conv1`` -> ``layer2``), with the MACs and params they saved."""
+    path = results / "search" / "trajectory.csv"
+    if not path.exists():
+        return []
+    with open(path) as stream:
+        trajectory = list(csv.DictReader(stream))
+    saved: dict[str, list[int]] = {}
+    for before, after in zip(trajectory, trajectory[1:]):
+        stage = saved.setdefault(after["unit"].split(".")[0], [0, 0, 0])
+        stage[0] += 1
+        stage[1] += int(before["macs"]) - int(after["macs"])
+        stage[2] += int(before["params"]) - int(after["params"])
+    table = [{"stage": name, "steps": steps, "macs_saved": macs, "params_saved": params,
+              "macs_per_step": round(macs / steps), "params_per_step": round(params / steps)}
+             for name, (steps, macs, params) in sorted(saved.items())]
+    return write("stages", table, ["stage", "greedy steps", "MACs saved", "params saved", "MACs per step",
+                                   "params per step"],
+                 lambda r: [r["stage"], str(r["steps"]), millions(r["macs_saved"]), thousands(r["params_saved"]),
+                            millions(r["macs_per_step"]), thousands(r["params_per_step"])])
+
+
 def plot(rows: list[dict], brackets: list[dict]) -> None:
     """RESULTS/retrained.png: mean test accuracy (bars: sd over seeds) of the searched configs against the uniform
     networks (baselines and brackets, joined by a line), by MACs and by params."""
@@ -194,6 +219,9 @@ proxy_lines = proxy(rows, brackets)
 if proxy_lines:
     lines += ["", "The search's score of each retrained network (supernet, held-out images) beside its retrained "
               "accuracy:", ""] + proxy_lines
+stage_lines = stages()
+if stage_lines:
+    lines += ["", "Where the greedy search's steps went, by the stage of the unit each one cut:", ""] + stage_lines
 if rows:
     plot(rows, brackets)
 if lines:
