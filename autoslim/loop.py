@@ -29,8 +29,8 @@ class DivergedError(RuntimeError):
 class TrainingLoop:
     """The state and helpers of an epoch-based training run; subclasses add the model, the data and the loop.
 
-    Subclasses set ``out`` (the run directory), ``device``, ``rows`` (the metrics) and ``metric_columns``,
-    and call :meth:`_setup_schedule` once their model is built.
+    Subclasses set ``out`` (the run directory), ``device`` and ``metric_columns``, call
+    :meth:`_check_batch_size` before building their model and :meth:`_setup_schedule` once it is built.
     """
 
     out: Path
@@ -38,20 +38,23 @@ class TrainingLoop:
     metric_columns: tuple[str, ...]
     what = "training"  # named in the divergence error
 
-    def _setup_schedule(self, model: nn.Module, train: TrainSettings, data: Any) -> None:
-        """Check the batch against the data; set amp, channels_last, the step counts, optimizer and schedule,
-        and a fresh run's counters."""
+    @staticmethod
+    def _check_batch_size(batch_size: int, data: Any) -> None:
+        """Raise ValueError if one batch needs more images than the training split has (before building anything)."""
         train_size = len(data.train)
-        if train.batch_size > train_size:
-            raise ValueError(f"batch size {train.batch_size} is larger than the training split of {data.name} "
+        if batch_size > train_size:
+            raise ValueError(f"batch size {batch_size} is larger than the training split of {data.name} "
                              f"({train_size} images after holding out {len(data.search)} for the search): "
                              f"use --batch-size {train_size} or less")
+
+    def _setup_schedule(self, model: nn.Module, train: TrainSettings, data: Any) -> None:
+        """Set amp, channels_last, the step counts, optimizer and schedule, and a fresh run's counters."""
         self.amp = train.amp == "on" or (train.amp == "auto" and self.device.type == "cuda"
                                          and torch.cuda.is_bf16_supported())
         self.channels_last = train.channels_last == "on"
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.steps_per_epoch = train_size // train.batch_size
+        self.steps_per_epoch = len(data.train) // train.batch_size
         self.total_steps = self.steps_per_epoch * train.epochs
         self.optimizer = build_optimizer(model, train)
         warmup = round(train.warmup_epochs * self.steps_per_epoch)

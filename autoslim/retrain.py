@@ -393,6 +393,7 @@ class _Trainer(TrainingLoop):
         self.width: float | None = None
         self.extra: dict[str, Any] = {}
         self.what = f"training of the {name} network"
+        self._check_batch_size(train.batch_size, data)
         self.space_options = space_options(space, num_classes=data.num_classes, input_size=data.image_size)
         self.model, self.costs = build_network(space, channels, num_classes=data.num_classes,
                                                input_size=data.image_size, seed=train.seed)

@@ -200,6 +200,7 @@ class _Trainer(TrainingLoop):
         if self.data.in_channels != space.in_channels:
             raise ValueError(f"space {space.name} takes {space.in_channels}-channel images but {self.data.name} has "
                              f"{self.data.in_channels}-channel ones")
+        self._check_batch_size(settings.batch_size, self.data)
         if settings.batch_size % processes.world:
             raise ValueError(f"batch size {settings.batch_size} must be a multiple of the {processes.world} processes")
         self.space_options = space_options(space, num_classes=self.data.num_classes, input_size=self.data.image_size)
