@@ -133,8 +133,9 @@ def greedy_search(
     met). The remaining candidates are scored together and the best is kept:
 
     - ``accuracy``: highest accuracy, then lowest loss, then unit order (the order of ``start``);
-    - ``drop-per-mac``: smallest accuracy drop per MAC saved (candidates saving no MACs last), then
-      lowest loss, then unit order.
+    - ``drop-per-mac``: candidates that lose no accuracy first, the one saving the most MACs first (a ratio
+      would prefer the smallest saving among free steps); then the smallest accuracy drop per MAC saved
+      (candidates saving no MACs last); then lowest loss, then unit order.
 
     The search stops once the current config meets every limit given (``macs <= stop_macs`` and
     ``params <= stop_params``), when no unit can shrink, or when no candidate reduces the targeted cost.
@@ -200,7 +201,8 @@ def greedy_search(
             keys = [(-s.accuracy, s.loss, i) for i, s in enumerate(scores)]
         else:
             values = [_drop_per_mac(accuracy, macs, s, c[0]) for s, c in zip(scores, costs)]
-            keys = [(v, s.loss, i) for i, (v, s) in enumerate(zip(values, scores))]
+            keys = [(v > 0, v if v > 0 else c[0] - macs, s.loss, i)
+                    for i, (v, s, c) in enumerate(zip(values, scores, costs))]
         ranked = sorted(keys)
         best = ranked[0][-1]
         runner_up = values[ranked[1][-1]] if len(ranked) > 1 else None

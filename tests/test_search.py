@@ -180,6 +180,21 @@ def test_drop_per_mac_picks_differently_from_accuracy():
     assert by_drop[1].score == pytest.approx(0.02 / 1000)
 
 
+def test_drop_per_mac_takes_the_free_step_that_saves_most():
+    # x and y both cost nothing in accuracy (y even gains a little): the ratio would pick y, which saves 10 MACs.
+    start, choices = {"x": 2, "y": 2, "z": 2}, {"x": (1, 2), "y": (1, 2), "z": (1, 2)}
+
+    def cost(config):
+        return 1000 * config["x"] + 10 * config["y"] + 500 * config["z"], sum(config.values())
+
+    def evaluate(current, candidates):
+        return [Score(0.9 + 0.001 * (2 - c["y"]) - 0.05 * (2 - c["z"]), 0.1) for _, c in candidates]
+
+    steps = list(greedy_search(start, choices, cost, evaluate, criterion="drop-per-mac"))
+    assert [s.unit for s in steps[1:]] == ["x", "y", "z"]
+    assert steps[1].score == 0.0 and steps[1].runner_up == pytest.approx(-0.001 / 10)
+
+
 def test_unknown_criterion_and_bad_evaluator_are_errors():
     with pytest.raises(ValueError, match="drop-per-mac"):
         run(criterion="latency")
