@@ -1,7 +1,7 @@
 """Collect the figures of reproduce.sh into results/cifar10_resnet20 (table.csv, table.md, copies of the
 small output files, retrained.png: test accuracy against MACs and params, proxy.csv: the supernet's
 held-out score of each retrained network beside its retrained accuracy, and stages.csv: where the greedy
-search's steps went). Usage: python make_table.py RUNS RESULTS.
+search's steps went, line.csv: each searched config against the line through the retrained uniform networks). Usage: python make_table.py RUNS RESULTS.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
 RESULTS/retrain/flops-B/seedN.json, and that of every finished bracket network (a uniform width retrained on
@@ -125,6 +125,50 @@ if brackets:
                               f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}", f"{r['seconds']:,}"])
 
 
+def uniform_points(rows: list[dict], brackets: list[dict]) -> list[tuple[int, int, float]]:
+    """(MACs, params, mean accuracy) of every retrained uniform network (baselines and brackets), by MACs."""
+    points = {(r["uniform_macs"], r["uniform_params"]): r["uniform_acc_mean"] for r in rows}
+    points.update({(b["macs"], b["params"]): b["acc_mean"] for b in brackets})
+    return sorted((macs, params, accuracy) for (macs, params), accuracy in points.items())
+
+
+def line_at(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
+    """The straight line through ``points`` (sorted by x) at ``x``, and "" inside their range, ">=" above it (the
+    largest point's value: a wider network is taken to be no worse) or "<=" below it (the smallest's)."""
+    if x >= points[-1][0]:
+        return points[-1][1], "" if x == points[-1][0] else ">="
+    if x <= points[0][0]:
+        return points[0][1], "" if x == points[0][0] else "<="
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0), ""
+    raise AssertionError("points are not sorted")
+
+
+def against_line(rows: list[dict], brackets: list[dict]) -> list[str]:
+    """RESULTS/line.csv and its markdown lines: each searched config's mean accuracy against the uniform line at its
+    MACs and at its params."""
+    points = uniform_points(rows, brackets)
+    if len(points) < 2:
+        return []
+    by_macs = [(m, a) for m, _, a in points]
+    by_params = sorted((p, a) for _, p, a in points)
+    table = []
+    for r in rows:
+        at_macs, macs_bound = line_at(by_macs, r["autoslim_macs"])
+        at_params, params_bound = line_at(by_params, r["autoslim_params"])
+        table.append({"budget": r["budget"], "macs": r["autoslim_macs"], "params": r["autoslim_params"],
+                      "acc_mean": r["autoslim_acc_mean"], "uniform_at_macs": round(at_macs, 2),
+                      "macs_bound": macs_bound, "diff_macs": round(r["autoslim_acc_mean"] - at_macs, 2),
+                      "uniform_at_params": round(at_params, 2), "params_bound": params_bound,
+                      "diff_params": round(r["autoslim_acc_mean"] - at_params, 2)})
+    return write("line", table, ["budget", "AutoSlim MACs", "params", "accuracy %", "uniform line at its MACs",
+                                 "difference", "uniform line at its params", "difference"],
+                 lambda r: [r["budget"], millions(r["macs"]), thousands(r["params"]), f"{r['acc_mean']:.2f}",
+                            f"{r['macs_bound']}{r['uniform_at_macs']:.2f}", f"{r['diff_macs']:+.2f}",
+                            f"{r['params_bound']}{r['uniform_at_params']:.2f}", f"{r['diff_params']:+.2f}"])
+
+
 def proxy(rows: list[dict], brackets: list[dict]) -> list[str]:
     """RESULTS/proxy.csv and its markdown lines: how the search's scores (supernet, held-out images) of the
     retrained networks rank them against their retrained test accuracy. A network is matched to the search's
@@ -215,6 +259,10 @@ def plot(rows: list[dict], brackets: list[dict]) -> None:
     plt.close(figure)
 
 
+line_lines = against_line(rows, brackets)
+if line_lines:
+    lines += ["", "Each searched config against the straight line through the retrained uniform networks (\">=\": beyond "
+              "the widest one, whose accuracy is taken):", ""] + line_lines
 proxy_lines = proxy(rows, brackets)
 if proxy_lines:
     lines += ["", "The search's score of each retrained network (supernet, held-out images) beside its retrained "
