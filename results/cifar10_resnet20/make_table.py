@@ -1,12 +1,17 @@
-"""Collect the figures of reproduce.sh into results/cifar10_resnet20 (table.csv, table.md, copies of the
-small output files, retrained.png: test accuracy against MACs and params, proxy.csv: the supernet's
-held-out score of each retrained network beside its retrained accuracy, and stages.csv: where the greedy
-search's steps went, line.csv: each searched config against the line through the retrained uniform networks). Usage: python make_table.py RUNS RESULTS.
+"""Collect the figures of reproduce.sh into results/cifar10_resnet20. Usage: python make_table.py RUNS RESULTS.
+
+Writes table.md (every table below, as markdown) and table.csv (searched configs and their uniform baselines),
+bracket.csv (uniform widths retrained on their own), line.csv (each searched config against the line through
+the retrained uniform networks, by MACs and by params), proxy.csv (the supernet's held-out score of each
+retrained network beside its retrained accuracy), stages.csv (where the greedy search's steps went),
+variants.csv (the investigation's searches: other criterion or search batch, and their retrained configs)
+and retrained.png (test accuracy against MACs and params), and copies the small output files of finished runs.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
-RESULTS/retrain/flops-B/seedN.json, and that of every finished bracket network (a uniform width retrained on
-its own) to RESULTS/bracket/uniform-Wx/seedN.json; the tables are made from all of those, so the ones
-collected from earlier RUNS folders count too."""
+RESULTS/retrain/flops-B/seedN.json, that of every finished bracket network (a uniform width retrained on
+its own) to RESULTS/bracket/uniform-Wx/seedN.json, and that of a variant's retrained config to
+RESULTS/variants/V/retrain/flops-B/seedN.json; the tables are made from all of those, so the ones collected
+from earlier RUNS folders count too."""
 
 import csv
 import json
@@ -41,6 +46,14 @@ for name in copied:
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+for search in sorted(runs.glob("variants/*/search")):
+    if finished_supernet(runs / "supernet") and (search / "summary.json").exists():
+        target = results / search.relative_to(runs)
+        (target / "configs").mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "trajectory.csv", "pareto.png", "run.yaml"):
+            shutil.copyfile(search / name, target / name)
+        for config in sorted((search / "configs").glob("*.yaml")):
+            shutil.copyfile(config, target / "configs" / config.name)
 
 
 def collect(pattern: str, into: str, finished) -> None:
@@ -80,6 +93,8 @@ def thousands(count: int) -> str:
 
 collect("retrain/flops-*", "retrain", lambda s: s.get("finished") and (s.get("baseline") or {}).get("finished"))
 collect("bracket/uniform-*x", "bracket", lambda s: s.get("finished"))
+for variant in sorted(runs.glob("variants/*")):
+    collect(f"variants/{variant.name}/retrain/flops-*", f"variants/{variant.name}/retrain", lambda s: s.get("finished"))
 for config in sorted(runs.glob("bracket/uniform-*x.yaml")):  # autoslim cost --width W --save-config
     if (results / "bracket" / config.stem).is_dir():
         shutil.copyfile(config, results / "bracket" / config.name)
@@ -202,10 +217,9 @@ def proxy(rows: list[dict], brackets: list[dict]) -> list[str]:
     return lines + ["", f"The supernet orders {agree} of {len(pairs)} pairs of these networks as retraining does."]
 
 
-def stages() -> list[str]:
-    """RESULTS/stages.csv and its markdown lines: the greedy steps of search/trajectory.csv by the stage of the unit
-    they cut (``layer2.0.conv1`` -> ``layer2``), with the MACs and params they saved."""
-    path = results / "search" / "trajectory.csv"
+def stages(path: Path, name: str) -> list[str]:
+    """RESULTS/<name>.csv and its markdown lines: the greedy steps of the trajectory at ``path`` by the stage of the
+    unit they cut (``layer2.0.conv1`` -> ``layer2``), with the MACs and params they saved."""
     if not path.exists():
         return []
     with open(path) as stream:
@@ -219,15 +233,45 @@ def stages() -> list[str]:
     table = [{"stage": name, "steps": steps, "macs_saved": macs, "params_saved": params,
               "macs_per_step": round(macs / steps), "params_per_step": round(params / steps)}
              for name, (steps, macs, params) in sorted(saved.items())]
-    return write("stages", table, ["stage", "greedy steps", "MACs saved", "params saved", "MACs per step",
+    return write(name, table, ["stage", "greedy steps", "MACs saved", "params saved", "MACs per step",
                                    "params per step"],
                  lambda r: [r["stage"], str(r["steps"]), millions(r["macs_saved"]), thousands(r["params_saved"]),
                             millions(r["macs_per_step"]), thousands(r["params_per_step"])])
 
 
-def plot(rows: list[dict], brackets: list[dict]) -> None:
-    """RESULTS/retrained.png: mean test accuracy (bars: sd over seeds) of the searched configs against the uniform
-    networks (baselines and brackets, joined by a line), by MACs and by params."""
+def variants(rows: list[dict], brackets: list[dict]) -> list[dict]:
+    """One row per target of every variant search in RESULTS/variants: its config, score and retrained accuracy. A
+    config with the channels of the committed one for that budget counts that one's retraining."""
+    import yaml
+
+    points = uniform_points(rows, brackets)
+    by_macs = [(m, a) for m, _, a in points]
+    table = []
+    for summary_path in sorted((results / "variants").glob("*/search/summary.json")):
+        variant_dir = summary_path.parent.parent
+        summary = json.loads(summary_path.read_text())
+        for budget, target in sorted(summary["targets"].items(), key=lambda item: parse_budget(item[0][6:])):
+            trained = [json.loads(p.read_text()) for p in sorted((variant_dir / "retrain" / budget).glob("seed*.json"))]
+            channels = yaml.safe_load((summary_path.parent / target["config"]).read_text())["channels"]
+            committed = results / "configs" / f"{budget}.yaml"
+            if not trained and committed.exists() and yaml.safe_load(committed.read_text())["channels"] == channels:
+                trained = [json.loads(p.read_text()) for p in sorted((results / "retrain" / budget).glob("seed*.json"))]
+            row = {"variant": variant_dir.name, "budget": budget, "step": target["step"], "macs": target["macs"],
+                   "params": target["params"], "supernet_acc": round(target["accuracy"] * 100, 2), "seeds": len(trained),
+                   "acc_mean": None, "acc_std": None, "uniform_at_macs": None, "macs_bound": "", "diff_macs": None}
+            if trained:
+                row["acc_mean"], row["acc_std"] = stats(trained)
+                if len(by_macs) > 1:
+                    at_macs, row["macs_bound"] = line_at(by_macs, target["macs"])
+                    row["uniform_at_macs"] = round(at_macs, 2)
+                    row["diff_macs"] = round(row["acc_mean"] - at_macs, 2)
+            table.append(row)
+    return table
+
+
+def plot(rows: list[dict], brackets: list[dict], variant_rows: list[dict]) -> None:
+    """RESULTS/retrained.png: mean test accuracy (bars: sd over seeds) of the searched configs and the retrained
+    variants against the uniform networks (baselines and brackets, joined by a line), by MACs and by params."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -245,6 +289,11 @@ def plot(rows: list[dict], brackets: list[dict]) -> None:
         axis.errorbar([r["autoslim_" + ("macs" if column == 0 else "params")] / scale for r in rows],
                       [r["autoslim_acc_mean"] for r in rows], [r["autoslim_acc_std"] for r in rows],
                       marker="o", linestyle="none", capsize=3, label="AutoSlim (searched)")
+        for marker, variant in zip("^vDP", sorted({v["variant"] for v in variant_rows if v["seeds"]})):
+            trained = [v for v in variant_rows if v["variant"] == variant and v["seeds"]]
+            axis.errorbar([v["macs" if column == 0 else "params"] / scale for v in trained],
+                          [v["acc_mean"] for v in trained], [v["acc_std"] for v in trained],
+                          marker=marker, linestyle="none", capsize=3, label=f"AutoSlim, {variant} search")
         for r in rows:
             axis.annotate(r["budget"].removeprefix("flops-"),
                           (r["autoslim_" + ("macs" if column == 0 else "params")] / scale, r["autoslim_acc_mean"]),
@@ -267,11 +316,27 @@ proxy_lines = proxy(rows, brackets)
 if proxy_lines:
     lines += ["", "The search's score of each retrained network (supernet, held-out images) beside its retrained "
               "accuracy:", ""] + proxy_lines
-stage_lines = stages()
+stage_lines = stages(results / "search" / "trajectory.csv", "stages")
 if stage_lines:
     lines += ["", "Where the greedy search's steps went, by the stage of the unit each one cut:", ""] + stage_lines
+variant_rows = variants(rows, brackets)
+if variant_rows:
+    lines += ["", "The investigation's searches (reproduce.sh stage `variants`), each config retrained on its own, against "
+              "the uniform line:", ""]
+    lines += write("variants", variant_rows,
+                   ["search", "budget", "step", "MACs", "params", "supernet score %", "seeds", "accuracy % (mean ± sd)",
+                    "uniform line at its MACs", "difference"],
+                   lambda r: [r["variant"], r["budget"], str(r["step"]), millions(r["macs"]), thousands(r["params"]),
+                              f"{r['supernet_acc']:.2f}", str(r["seeds"]),
+                              f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["seeds"] else "not retrained",
+                              "" if r["uniform_at_macs"] is None else f"{r['macs_bound']}{r['uniform_at_macs']:.2f}",
+                              "" if r["diff_macs"] is None else f"{r['diff_macs']:+.2f}"])
+    for variant in sorted({r["variant"] for r in variant_rows}):
+        trajectory = results / "variants" / variant / "search" / "trajectory.csv"
+        lines += ["", f"Steps of the `{variant}` search by stage:", ""]
+        lines += stages(trajectory, f"variants/{variant}/stages")
 if rows:
-    plot(rows, brackets)
+    plot(rows, brackets, variant_rows)
 if lines:
     (results / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
