@@ -10,6 +10,9 @@
 #                                                       # retrain the committed searched configs only
 #   STAGES=bracket BRACKET_WIDTHS=0.41 PARALLEL=1 results/cifar10_resnet20/reproduce.sh
 #                                                       # the uniform widths just above the searched configs
+#   STAGES=variants VARIANTS=drop-per-mac PARALLEL=1 results/cifar10_resnet20/reproduce.sh
+#                                                       # the investigation: search the supernet another way
+#                                                       # and retrain what it finds
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
@@ -22,12 +25,25 @@ BUDGETS=${BUDGETS:-"40M 20M 10M"}
 DATA=${DATA:-data/cifar10.npz}
 RUNS=${RUNS:-runs/cifar10_resnet20}
 RESULTS=results/cifar10_resnet20
-STAGES=${STAGES:-"supernet search retrain bracket"}   # any subset, in this order
+STAGES=${STAGES:-"supernet search retrain bracket variants"}   # any subset, in this order
 # bracket: the uniform network just above each searched config (the retrain stage's baseline is the one just
 # below): 0.41x (8.94M MACs) above the 10M config, 0.69x (29.6M) above 20M, 1.06x (40.8M, the same channels as 1.0x) above 40M
 BRACKET_WIDTHS=${BRACKET_WIDTHS:-"0.41 0.69 1.06"}
 CONFIGS=${CONFIGS:-$RUNS/search/configs}      # the searched configs to retrain
+# variants: searches of the same supernet with other settings, into RUNS/variants/NAME, each config retrained
+# (without a baseline: the uniform networks are already trained). "accuracy" repeats the first search; a
+# config with the channels of the committed one for its budget is not retrained again.
+VARIANTS=${VARIANTS:-"drop-per-mac batch5000"}
+variant_flags() {
+  case $1 in
+    accuracy) echo "" ;;
+    drop-per-mac) echo "--criterion drop-per-mac" ;;
+    batch5000) echo "--eval-batch 5000" ;;          # all of the held-out split
+    *) echo "unknown variant $1 (accuracy, drop-per-mac, batch5000)" >&2; return 1 ;;
+  esac
+}
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+if has_stage variants; then for v in $VARIANTS; do variant_flags "$v" > /dev/null; done; fi  # before hours of work
 
 if [ ! -f "$DATA" ]; then
   mkdir -p "$(dirname "$DATA")"
@@ -63,6 +79,22 @@ bracket_seed() {
       --dataset cifar10 --data-dir "$DATA" --seed "$seed" --device "$DEVICE" --out "$RUNS/bracket/uniform-${w}x/seed$seed"
   done
 }
+variant_seed() {
+  local seed=$1 config
+  for v in $VARIANTS; do
+    for b in $BUDGETS; do
+      config="$RUNS/variants/$v/search/configs/flops-$b.yaml"
+      if "$PYTHON" -c "import sys, yaml; a, b = (yaml.safe_load(open(p))['channels'] for p in sys.argv[1:]); sys.exit(a != b)" \
+          "$config" "$RESULTS/configs/flops-$b.yaml" 2> /dev/null; then
+        log "$v flops-$b: the committed config, already retrained"
+        continue
+      fi
+      log "retrain $v flops-$b seed $seed, $RETRAIN_EPOCHS epochs"
+      "$AUTOSLIM" retrain "$config" --epochs "$RETRAIN_EPOCHS" --dataset cifar10 --data-dir "$DATA" --seed "$seed" \
+        --device "$DEVICE" --out "$RUNS/variants/$v/retrain/flops-$b/seed$seed"
+    done
+  done
+}
 # run_seeds STAGE FUNCTION: every seed, side by side on one thread each with PARALLEL=1
 run_seeds() {
   if [ "${PARALLEL:-0}" = 1 ]; then
@@ -83,6 +115,16 @@ if has_stage bracket; then
       "$AUTOSLIM" cost resnet20_cifar --width "$w" --save-config "$RUNS/bracket/uniform-${w}x.yaml" > /dev/null
   done
   run_seeds bracket bracket_seed
+fi
+
+if has_stage variants; then
+  for v in $VARIANTS; do
+    flags=$(variant_flags "$v")
+    log "search $v: $BUDGETS"
+    # shellcheck disable=SC2086  # the flags are words
+    "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" $flags --device "$DEVICE" --out "$RUNS/variants/$v/search"
+  done
+  run_seeds variants variant_seed
 fi
 
 log "collecting figures into $RESULTS"
