@@ -140,11 +140,20 @@ if brackets:
                               f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}", f"{r['seconds']:,}"])
 
 
+def uniform_networks(rows: list[dict], brackets: list[dict]) -> list[dict]:
+    """Every retrained uniform network, baselines and brackets (one per channel count), by MACs: width, macs,
+    params, acc_mean, acc_std."""
+    networks = {(r["uniform_macs"], r["uniform_params"]): {
+        "width": r["uniform_width"], "macs": r["uniform_macs"], "params": r["uniform_params"],
+        "acc_mean": r["uniform_acc_mean"], "acc_std": r["uniform_acc_std"]} for r in rows}
+    networks.update({(b["macs"], b["params"]): {key: b[key] for key in ("width", "macs", "params", "acc_mean", "acc_std")}
+                     for b in brackets})
+    return [networks[key] for key in sorted(networks)]
+
+
 def uniform_points(rows: list[dict], brackets: list[dict]) -> list[tuple[int, int, float]]:
-    """(MACs, params, mean accuracy) of every retrained uniform network (baselines and brackets), by MACs."""
-    points = {(r["uniform_macs"], r["uniform_params"]): r["uniform_acc_mean"] for r in rows}
-    points.update({(b["macs"], b["params"]): b["acc_mean"] for b in brackets})
-    return sorted((macs, params, accuracy) for (macs, params), accuracy in points.items())
+    """(MACs, params, mean accuracy) of every retrained uniform network, by MACs."""
+    return [(u["macs"], u["params"], u["acc_mean"]) for u in uniform_networks(rows, brackets)]
 
 
 def line_at(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
@@ -200,9 +209,8 @@ def proxy(rows: list[dict], brackets: list[dict]) -> list[str]:
     for r in rows:
         networks[(r["autoslim_macs"], r["autoslim_params"])] = (f"AutoSlim {r['budget'].removeprefix('flops-')}",
                                                                 r["autoslim_acc_mean"])
-        networks[(r["uniform_macs"], r["uniform_params"])] = (f"uniform {r['uniform_width']}x", r["uniform_acc_mean"])
-    for b in brackets:
-        networks[(b["macs"], b["params"])] = (f"uniform {b['width']}x", b["acc_mean"])
+    for u in uniform_networks(rows, brackets):
+        networks[(u["macs"], u["params"])] = (f"uniform {u['width']}x", u["acc_mean"])
     table = [{"network": name, "macs": macs, "params": params, "supernet_acc": round(scored[macs, params] * 100, 2),
               "retrained_acc": accuracy}
              for (macs, params), (name, accuracy) in sorted(networks.items()) if (macs, params) in scored]
@@ -276,10 +284,7 @@ def plot(rows: list[dict], brackets: list[dict], variant_rows: list[dict]) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    uniform = {r["uniform_width"]: (r["uniform_macs"], r["uniform_params"], r["uniform_acc_mean"], r["uniform_acc_std"])
-               for r in rows}
-    uniform.update({b["width"]: (b["macs"], b["params"], b["acc_mean"], b["acc_std"]) for b in brackets})
-    uniform = sorted(uniform.values())
+    uniform = [(u["macs"], u["params"], u["acc_mean"], u["acc_std"]) for u in uniform_networks(rows, brackets)]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, column, label in ((axes[0], 0, "MACs (M)"), (axes[1], 1, "params (k)")):
         scale = 1e6 if column == 0 else 1e3
