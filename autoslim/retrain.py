@@ -39,11 +39,11 @@ from .export import materialize
 from .interrupt import StopRequest
 from .io import atomic_write, read_yaml, write_json, write_yaml
 from .joint import JointNetwork
+from .loop import TrainingLoop
 from .sandwich import derive_seed
 from .settings import RUNTIME_KEYS, TrainSettings, load_settings, resolve_settings, settings_from_dict
 from .slimming import uniform_within
 from .spaces import SearchSpace, build_supernet, configure_space, load_space, space_options
-from .loop import TrainingLoop
 from .train import Report
 
 __all__ = ["FORMAT", "METRIC_COLUMNS", "BASELINES", "RetrainSettings", "RetrainResult", "resolve_retrain", "retrain",

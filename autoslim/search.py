@@ -16,6 +16,7 @@ import csv
 import io
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,13 +383,11 @@ def choice_leads(steps: Sequence[Step], batch: int) -> Optional[dict[str, float]
     (best and runner-up equally accurate: the loss decided), ``within_1pct`` (a lead of at most 1% of the
     batch) and ``median_images`` (the median lead, in images).
     """
-    leads = sorted(round((s.score - s.runner_up) * batch) for s in steps if s.runner_up is not None)
+    leads = [round((s.score - s.runner_up) * batch) for s in steps if s.runner_up is not None]
     if not leads:
         return None
-    middle = len(leads) // 2
-    median = leads[middle] if len(leads) % 2 else (leads[middle - 1] + leads[middle]) / 2
-    return {"steps": len(leads), "ties": sum(lead == 0 for lead in leads),
-            "within_1pct": sum(lead <= batch / 100 for lead in leads), "median_images": median}
+    return {"steps": len(leads), "ties": leads.count(0), "within_1pct": sum(lead <= batch / 100 for lead in leads),
+            "median_images": statistics.median(leads)}
 
 
 # ---------------------------------------------------------------------------------------- trajectory

@@ -32,8 +32,9 @@ def finished_supernet(stage: Path) -> bool:
 
 # Only a finished supernet and a finished search (the one on that supernet: its summary is written last) replace
 # the committed ones: a run in progress in RUNS must not overwrite the figures of the finished one.
+supernet_finished = finished_supernet(runs / "supernet")
 copied = []
-if finished_supernet(runs / "supernet"):
+if supernet_finished:
     copied += ["supernet/summary.json", "supernet/metrics.csv", "supernet/run.yaml"]
     if (runs / "search" / "summary.json").exists():
         copied += ["search/summary.json", "search/trajectory.csv", "search/pareto.csv", "search/pareto.png",
@@ -47,7 +48,7 @@ for name in copied:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 for search in sorted(runs.glob("variants/*/search")):
-    if finished_supernet(runs / "supernet") and (search / "summary.json").exists():
+    if supernet_finished and (search / "summary.json").exists():
         target = results / search.relative_to(runs)
         (target / "configs").mkdir(parents=True, exist_ok=True)
         for name in ("summary.json", "trajectory.csv", "pareto.png", "run.yaml"):
