@@ -42,15 +42,32 @@ if TYPE_CHECKING:
     from .data import DataBundle
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "Run", "load_run", "load_checkpoint", "save_checkpoint", "rebuild_supernet",
-           "unit_records", "read_state"]
+           "unit_records", "read_state", "save_weights_only", "TRAINING_KEYS"]
 
 FORMAT = "autoslim-supernet/1"
 CHECKPOINT_NAME = "checkpoint.pt"
+# What only resuming the training needs; a weights-only copy (save_weights_only) leaves these out.
+TRAINING_KEYS = ("optimizer", "scheduler", "rng")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a failed write (full disk, Ctrl-C) keeps the previous file."""
     atomic_write(path, lambda stream: torch.save(state, stream))
+
+
+def save_weights_only(source: str | os.PathLike, target: str | os.PathLike) -> int:
+    """Copy the checkpoint at ``source`` to ``target`` without what only resuming the training needs (optimizer,
+    schedule, RNG states): about half the size, and enough for :func:`load_run` and ``autoslim search``. The
+    copy is marked ``weights_only``; ``train-supernet`` refuses to resume from it. Returns the bytes written.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_checkpoint` for ``source``.
+    """
+    state = load_checkpoint(source)
+    kept = {key: value for key, value in state.items() if key not in TRAINING_KEYS}
+    kept["weights_only"] = True
+    save_checkpoint(target, kept)
+    return Path(target).stat().st_size
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -113,6 +113,9 @@ def _open_run(out: Path, settings: TrainSettings, *, resume: bool, force: bool
         state = load_checkpoint(checkpoint)
     except ValueError as error:
         raise ValueError(f"{error}; pass --force to start the run in {out} over") from None
+    if state.get("weights_only"):
+        raise ValueError(f"{checkpoint} holds the trained weights only (no optimizer state), so the run cannot be "
+                         "resumed from it; search it with autoslim search, or use another --out")
     saved = settings_from_dict(state["settings"], str(checkpoint))
     ignored = _check_same_run(out, saved, settings, resume=resume)
     runtime = {key: getattr(settings, key) for key in RUNTIME_KEYS if key != "data_dir"}

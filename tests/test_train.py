@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
 
-from autoslim.checkpoint import load_checkpoint, load_run
+from autoslim.checkpoint import TRAINING_KEYS, load_checkpoint, load_run, save_weights_only
 from autoslim.sandwich import (WarmupCosine, build_optimizer, distillation_loss, sandwich_configs, sandwich_step,
                                subnet_rng)
 from autoslim.settings import load_settings, resolve_settings
@@ -242,6 +242,23 @@ def test_load_run_reopens_weights_settings_and_data(finished_run):
     data = run.load_data()
     assert data.split_info() == run.split and len(data.search) == run.split["search_size"] > 0
     assert run.evaluation["largest_accuracy"] == json.loads((out / "summary.json").read_text())["largest_accuracy"]
+
+
+def test_weights_only_copy_reopens_the_same_run_but_cannot_resume(tmp_path, finished_run):
+    out, _ = finished_run
+    copy = tmp_path / "weights" / "checkpoint.pt"
+    size = save_weights_only(out / "checkpoint.pt", copy)
+    assert size == copy.stat().st_size < (out / "checkpoint.pt").stat().st_size
+    state = load_checkpoint(copy)
+    assert state["weights_only"] and not set(TRAINING_KEYS) & set(state)
+    run, reopened = load_run(out), load_run(copy.parent)
+    assert _states_equal(reopened.supernet.state_dict(), run.supernet.state_dict())
+    assert (reopened.settings, reopened.split, reopened.step, reopened.finished) == \
+        (run.settings, run.split, run.step, run.finished)
+    before = _sha(copy)
+    result = _invoke("--epochs", "1", "--batch-size", "128", "--num-subnets", "3", "--out", str(copy.parent))
+    assert result.exit_code == 1 and "trained weights only" in result.output and "Traceback" not in result.output
+    assert _sha(copy) == before
 
 
 def test_rerun_of_a_finished_run_trains_nothing(finished_run):
