@@ -57,3 +57,46 @@ def test_tables_compare_searched_configs_with_the_uniform_line(tmp_path):
     assert (results / "bracket" / "uniform-0.9x" / "seed0.json").is_file()
     assert (results / "retrained.png").stat().st_size > 0
     assert (results / "supernet" / "metrics.csv").read_text() == "committed\n"
+
+
+def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
+    import torch
+
+    from autoslim.checkpoint import FORMAT, load_checkpoint
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for seed in (0, 1):
+        _write(runs / "retrain" / "flops-20M" / f"seed{seed}" / "summary.json",
+               _summary(0.77, 20_000_000, 50_000, baseline=_summary(0.70, 10_000_000, 100_000, width=0.5)))
+    # the committed supernet (main search) and a finished rerun in RUNS that only the variants searched
+    header = "step,epoch,kind,largest_accuracy,smallest_accuracy\n"
+    _write(results / "supernet" / "metrics.csv", header + "10,1,eval,0.5,0.4\n20,2,eval,0.6,0.5\n")
+    _write(runs / "supernet" / "summary.json", {"finished": True})
+    _write(runs / "supernet" / "metrics.csv", header + "5,0.5,train,,\n10,1,eval,0.55,0.45\n20,2,eval,0.65,0.52\n")
+    _write(runs / "supernet" / "run.yaml", "epochs: 2\n")
+    torch.save({"format": FORMAT, "model": {"w": torch.ones(3)}, "optimizer": {"state": {}}, "scheduler": {},
+                "rng": {}, "finished": True}, runs / "supernet" / "checkpoint.pt")
+    search = runs / "variants" / "drop-per-mac" / "search"
+    _write(search / "summary.json", {"targets": {"flops-20M": {"config": "configs/flops-20M.yaml", "step": 2,
+                                                                "macs": 19_000_000, "params": 40_000, "accuracy": 0.6}}})
+    _write(search / "trajectory.csv", "step,unit,macs,params\n0,,30000000,90000\n1,conv1,25000000,80000\n"
+                                      "2,layer3.0,19000000,40000\n")
+    _write(search / "configs" / "flops-20M.yaml", "channels: {conv1: 8}\n")
+    for name in ("pareto.png", "run.yaml"):
+        _write(search / name, "x\n")
+
+    done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    assert (results / "supernet" / "metrics.csv").read_text().endswith("0.6,0.5\n")  # the main one, untouched
+    rerun = results / "variants" / "supernet"
+    assert (rerun / "metrics.csv").read_text() == (runs / "supernet" / "metrics.csv").read_text()
+    state = load_checkpoint(rerun / "checkpoint.pt")
+    assert state["weights_only"] and "optimizer" not in state and torch.equal(state["model"]["w"], torch.ones(3))
+    assert [(r["epoch"], r["main_largest"], r["variants_largest"]) for r in _rows(results / "supernets.csv")] == \
+        [("1", "50.0", "55.0"), ("2", "60.0", "65.0")]
+    (variant,) = _rows(results / "variants.csv")
+    assert (variant["variant"], variant["budget"], variant["seeds"]) == ("drop-per-mac", "flops-20M", "0")
+    stages = {r["stage"]: r for r in _rows(results / "variants" / "drop-per-mac" / "stages.csv")}
+    assert stages["layer3"]["macs_saved"] == "6000000" and stages["conv1"]["params_saved"] == "10000"
+    assert not (results / "search").exists()  # no main search in RUNS: nothing copied there

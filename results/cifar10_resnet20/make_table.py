@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from autoslim.budget import parse_budget
+from autoslim.checkpoint import CHECKPOINT_NAME, save_weights_only
 
 runs, results = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -31,30 +32,37 @@ def finished_supernet(stage: Path) -> bool:
 
 
 # Only a finished supernet and a finished search (the one on that supernet: its summary is written last) replace
-# the committed ones: a run in progress in RUNS must not overwrite the figures of the finished one.
+# the committed ones: a run in progress in RUNS must not overwrite the figures of the finished one. The supernet's
+# files go with its search: to RESULTS/supernet beside the main search when RUNS has one, else (a supernet searched
+# only by the variants, e.g. a rerun) to RESULTS/variants/supernet. A weights-only copy of its checkpoint
+# (autoslim.checkpoint.save_weights_only) goes with them, so that it can be searched again without training it.
 supernet_finished = finished_supernet(runs / "supernet")
+main_search = (runs / "search" / "summary.json").exists()
+variant_searches = [search for search in sorted(runs.glob("variants/*/search")) if (search / "summary.json").exists()]
 copied = []
-if supernet_finished:
-    copied += ["supernet/summary.json", "supernet/metrics.csv", "supernet/run.yaml"]
-    if (runs / "search" / "summary.json").exists():
-        copied += ["search/summary.json", "search/trajectory.csv", "search/pareto.csv", "search/pareto.png",
-                   "search/run.yaml"]
-        for config in sorted((runs / "search" / "configs").glob("*.yaml")):
-            (results / "configs").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(config, results / "configs" / config.name)
-for name in copied:
-    source, target = runs / name, results / name
+if supernet_finished and (main_search or variant_searches):
+    home = "supernet" if main_search else "variants/supernet"
+    copied += [(f"supernet/{name}", f"{home}/{name}") for name in ("summary.json", "metrics.csv", "run.yaml")]
+    (results / home).mkdir(parents=True, exist_ok=True)
+    save_weights_only(runs / "supernet" / CHECKPOINT_NAME, results / home / CHECKPOINT_NAME)
+if supernet_finished and main_search:
+    copied += [(f"search/{name}",) * 2 for name in ("summary.json", "trajectory.csv", "pareto.csv", "pareto.png",
+                                                     "run.yaml")]
+    for config in sorted((runs / "search" / "configs").glob("*.yaml")):
+        (results / "configs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config, results / "configs" / config.name)
+for name, target_name in copied:
+    source, target = runs / name, results / target_name
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-for search in sorted(runs.glob("variants/*/search")):
-    if supernet_finished and (search / "summary.json").exists():
-        target = results / search.relative_to(runs)
-        (target / "configs").mkdir(parents=True, exist_ok=True)
-        for name in ("summary.json", "trajectory.csv", "pareto.png", "run.yaml"):
-            shutil.copyfile(search / name, target / name)
-        for config in sorted((search / "configs").glob("*.yaml")):
-            shutil.copyfile(config, target / "configs" / config.name)
+for search in variant_searches if supernet_finished else []:
+    target = results / search.relative_to(runs)
+    (target / "configs").mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "trajectory.csv", "pareto.png", "run.yaml"):
+        shutil.copyfile(search / name, target / name)
+    for config in sorted((search / "configs").glob("*.yaml")):
+        shutil.copyfile(config, target / "configs" / config.name)
 
 
 def collect(pattern: str, into: str, finished) -> None:
@@ -314,6 +322,24 @@ def plot(rows: list[dict], brackets: list[dict], variant_rows: list[dict]) -> No
     plt.close(figure)
 
 
+def supernets() -> list[str]:
+    """RESULTS/supernets.csv and its markdown lines: the test accuracy of the largest and smallest configs after each
+    epoch of the main supernet and of the variants' own supernet (RESULTS/variants/supernet), side by side."""
+    found = {}
+    for label, home in (("main", "supernet"), ("variants", "variants/supernet")):
+        if (results / home / "metrics.csv").exists():
+            with open(results / home / "metrics.csv") as stream:
+                found[label] = {int(row["epoch"]): row for row in csv.DictReader(stream) if row["kind"] == "eval"}
+    if len(found) < 2:
+        return []
+    table = [{"epoch": epoch, **{f"{label}_{size}": round(float(found[label][epoch][f"{size}_accuracy"]) * 100, 2)
+                                 for label in found for size in ("largest", "smallest")}}
+             for epoch in sorted(set(found["main"]) & set(found["variants"]))]
+    return write("supernets", table, ["epoch", "main: largest %", "smallest %", "variants': largest %", "smallest %"],
+                 lambda r: [str(r["epoch"]), f"{r['main_largest']:.2f}", f"{r['main_smallest']:.2f}",
+                            f"{r['variants_largest']:.2f}", f"{r['variants_smallest']:.2f}"])
+
+
 line_lines = against_line(rows, brackets)
 if line_lines:
     lines += ["", "Each searched config against the straight line through the retrained uniform networks (\">=\": beyond "
@@ -326,6 +352,10 @@ stage_lines = stages(results / "search" / "trajectory.csv", "stages")
 if stage_lines:
     lines += ["", "Where the greedy search's steps went, by the stage of the unit each one cut:", ""] + stage_lines
 variant_rows = variants(rows, brackets)
+supernet_lines = supernets()
+if supernet_lines:
+    lines += ["", "Test accuracy after each epoch of the main supernet and of the one the variants searched:", ""]
+    lines += supernet_lines
 if variant_rows:
     lines += ["", "The investigation's searches (reproduce.sh stage `variants`), each config retrained on its own, against "
               "the uniform line:", ""]
