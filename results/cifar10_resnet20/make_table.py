@@ -56,7 +56,7 @@ for name, target_name in copied:
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-for search in variant_searches if supernet_finished else []:
+for search in variant_searches:  # finished: a search writes its summary last
     target = results / search.relative_to(runs)
     (target / "configs").mkdir(parents=True, exist_ok=True)
     for name in ("summary.json", "trajectory.csv", "pareto.png", "run.yaml"):

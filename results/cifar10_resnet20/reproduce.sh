@@ -13,6 +13,8 @@
 #   STAGES=variants VARIANTS=drop-per-mac PARALLEL=1 results/cifar10_resnet20/reproduce.sh
 #                                                       # the investigation: search the supernet another way
 #                                                       # and retrain what it finds
+#   STAGES=variants VARIANTS=batch5000 VARIANT_SUPERNET=results/cifar10_resnet20/variants/supernet \
+#     PARALLEL=1 results/cifar10_resnet20/reproduce.sh   # the same, on the committed supernet (no training)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
@@ -34,6 +36,9 @@ CONFIGS=${CONFIGS:-$RUNS/search/configs}      # the searched configs to retrain
 # (without a baseline: the uniform networks are already trained). "accuracy" repeats the first search; a
 # config with the channels of the committed one for its budget is not retrained again.
 VARIANTS=${VARIANTS:-"drop-per-mac batch5000"}
+# the supernet the variants search: the one trained here by default, or the committed weights-only copy of the one
+# they searched so far (VARIANT_SUPERNET=results/cifar10_resnet20/variants/supernet), which needs no training
+VARIANT_SUPERNET=${VARIANT_SUPERNET:-$RUNS/supernet}
 variant_flags() {
   case $1 in
     accuracy) echo "" ;;
@@ -122,7 +127,8 @@ if has_stage variants; then
     flags=$(variant_flags "$v")
     log "search $v: $BUDGETS"
     # shellcheck disable=SC2086  # the flags are words
-    "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" $flags --device "$DEVICE" --out "$RUNS/variants/$v/search"
+    "$AUTOSLIM" search "$VARIANT_SUPERNET" "${flops[@]}" $flags --device "$DEVICE" --data-dir "$DATA" \
+      --out "$RUNS/variants/$v/search"
   done
   run_seeds variants variant_seed
 fi
