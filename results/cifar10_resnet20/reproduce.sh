@@ -89,9 +89,14 @@ variant_seed() {
   for v in $VARIANTS; do
     for b in $BUDGETS; do
       config="$RUNS/variants/$v/search/configs/flops-$b.yaml"
+      [ -f "$config" ] || config="$RESULTS/variants/$v/search/configs/flops-$b.yaml"   # the committed search
       if "$PYTHON" -c "import sys, yaml; a, b = (yaml.safe_load(open(p))['channels'] for p in sys.argv[1:]); sys.exit(a != b)" \
           "$config" "$RESULTS/configs/flops-$b.yaml" 2> /dev/null; then
         log "$v flops-$b: the committed config, already retrained"
+        continue
+      fi
+      if [ -f "$RESULTS/variants/$v/retrain/flops-$b/seed$seed.json" ] && [ ! -d "$RUNS/variants/$v/retrain/flops-$b/seed$seed" ]; then
+        log "$v flops-$b seed $seed: retrained already (its summary is in $RESULTS)"
         continue
       fi
       log "retrain $v flops-$b seed $seed, $RETRAIN_EPOCHS epochs"
@@ -125,6 +130,10 @@ fi
 if has_stage variants; then
   for v in $VARIANTS; do
     flags=$(variant_flags "$v")
+    if [ ! -d "$RUNS/variants/$v/search" ] && [ -f "$RESULTS/variants/$v/search/summary.json" ]; then
+      log "search $v: already done, its configs are in $RESULTS/variants/$v/search"
+      continue
+    fi
     log "search $v: $BUDGETS"
     # shellcheck disable=SC2086  # the flags are words
     "$AUTOSLIM" search "$VARIANT_SUPERNET" "${flops[@]}" $flags --device "$DEVICE" --data-dir "$DATA" \
