@@ -100,3 +100,37 @@ def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
     stages = {r["stage"]: r for r in _rows(results / "variants" / "drop-per-mac" / "stages.csv")}
     assert stages["layer3"]["macs_saved"] == "6000000" and stages["conv1"]["params_saved"] == "10000"
     assert not (results / "search").exists()  # no main search in RUNS: nothing copied there
+
+
+def _markdown_tables(text: str) -> list[tuple[str, list[str]]]:
+    """Every markdown table in `text`: its header line and its data rows, cells stripped and bold removed."""
+    tables, lines = [], text.splitlines()
+    for index, line in enumerate(lines):
+        if index + 1 < len(lines) and line.startswith("|") and lines[index + 1].startswith("|---"):
+            rows = []
+            for row in lines[index + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(row)
+            tables.append((_cells(line), [_cells(row) for row in rows]))
+    return tables
+
+
+def _cells(line: str) -> tuple[str, ...]:
+    return tuple(cell.strip().replace("**", "").removeprefix("flops-") for cell in line.strip().strip("|").split("|"))
+
+
+def test_the_results_readme_copies_its_tables_from_table_md():
+    # the README's tables are typed beside prose; each one with the header of a table that make_table.py writes must
+    # hold only rows of that table, so a figure changed in one place and not the other fails here
+    folder = SCRIPT.parent
+    generated: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+    for header, rows in _markdown_tables((folder / "table.md").read_text()):
+        generated.setdefault(header, set()).update(rows)
+    checked = 0
+    for header, rows in _markdown_tables((folder / "README.md").read_text()):
+        if header in generated:
+            missing = [row for row in rows if row not in generated[header]]
+            assert not missing, f"README rows not in table.md under {header}: {missing}"
+            checked += len(rows)
+    assert checked >= 20  # the retraining, line, proxy, stage and variant tables at least
