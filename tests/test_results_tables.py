@@ -84,6 +84,10 @@ def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
     _write(search / "configs" / "flops-20M.yaml", "channels: {conv1: 8}\n")
     for name in ("pareto.png", "run.yaml"):
         _write(search / name, "x\n")
+    # the variant's config retrained on one seed, and a second uniform network (30M MACs, 300k params) for a line
+    _write(runs / "variants" / "drop-per-mac" / "retrain" / "flops-20M" / "seed0" / "summary.json",
+           _summary(0.78, 19_000_000, 40_000))
+    _write(runs / "bracket" / "uniform-0.9x" / "seed0" / "summary.json", _summary(0.80, 30_000_000, 300_000, width=0.9))
 
     done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -96,7 +100,10 @@ def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
     assert [(r["epoch"], r["main_largest"], r["variants_largest"]) for r in _rows(results / "supernets.csv")] == \
         [("1", "50.0", "55.0"), ("2", "60.0", "65.0")]
     (variant,) = _rows(results / "variants.csv")
-    assert (variant["variant"], variant["budget"], variant["seeds"]) == ("drop-per-mac", "flops-20M", "0")
+    assert (variant["variant"], variant["budget"], variant["seeds"]) == ("drop-per-mac", "flops-20M", "1")
+    # by MACs: 70% at 10M to 80% at 30M gives 74.5% at 19M; by params 40k lies below the narrowest network (100k)
+    assert (float(variant["uniform_at_macs"]), float(variant["diff_macs"])) == (74.5, 3.5)
+    assert (variant["params_bound"], float(variant["uniform_at_params"]), float(variant["diff_params"])) == ("<=", 70.0, 8.0)
     stages = {r["stage"]: r for r in _rows(results / "variants" / "drop-per-mac" / "stages.csv")}
     assert stages["layer3"]["macs_saved"] == "6000000" and stages["conv1"]["params_saved"] == "10000"
     assert not (results / "search").exists()  # no main search in RUNS: nothing copied there

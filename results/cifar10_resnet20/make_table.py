@@ -84,10 +84,11 @@ def stats(values):
 
 
 def write(name: str, rows: list[dict], header: list[str], cells) -> list[str]:
-    """RESULTS/<name>.csv with every field of ``rows``, and the markdown lines of the table."""
+    """RESULTS/<name>.csv with every field of ``rows`` (an empty field for None), and the markdown lines of the
+    table."""
     columns = list(rows[0])
     (results / f"{name}.csv").write_text(",".join(columns) + "\n" + "\n".join(
-        ",".join(str(r[c]) for c in columns) for r in rows) + "\n")
+        ",".join("" if r[c] is None else str(r[c]) for c in columns) for r in rows) + "\n")
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
         ["| " + " | ".join(cells(r)) + " |" for r in rows]
 
@@ -263,6 +264,7 @@ def variants(rows: list[dict], brackets: list[dict]) -> list[dict]:
 
     points = uniform_points(rows, brackets)
     by_macs = [(m, a) for m, _, a in points]
+    by_params = sorted((p, a) for _, p, a in points)
     table = []
     for summary_path in sorted((results / "variants").glob("*/search/summary.json")):
         variant_dir = summary_path.parent.parent
@@ -275,13 +277,17 @@ def variants(rows: list[dict], brackets: list[dict]) -> list[dict]:
                 trained = [json.loads(p.read_text()) for p in sorted((results / "retrain" / budget).glob("seed*.json"))]
             row = {"variant": variant_dir.name, "budget": budget, "step": target["step"], "macs": target["macs"],
                    "params": target["params"], "supernet_acc": round(target["accuracy"] * 100, 2), "seeds": len(trained),
-                   "acc_mean": None, "acc_std": None, "uniform_at_macs": None, "macs_bound": "", "diff_macs": None}
+                   "acc_mean": None, "acc_std": None}
+            for cost, line in (("macs", by_macs), ("params", by_params)):
+                row.update({f"uniform_at_{cost}": None, f"{cost}_bound": "", f"diff_{cost}": None})
+                if trained and len(line) > 1:
+                    at, row[f"{cost}_bound"] = line_at(line, target[cost])
+                    row[f"uniform_at_{cost}"] = round(at, 2)
             if trained:
                 row["acc_mean"], row["acc_std"] = stats(trained)
-                if len(by_macs) > 1:
-                    at_macs, row["macs_bound"] = line_at(by_macs, target["macs"])
-                    row["uniform_at_macs"] = round(at_macs, 2)
-                    row["diff_macs"] = round(row["acc_mean"] - at_macs, 2)
+                for cost in ("macs", "params"):
+                    if row[f"uniform_at_{cost}"] is not None:
+                        row[f"diff_{cost}"] = round(row["acc_mean"] - row[f"uniform_at_{cost}"], 2)
             table.append(row)
     return table
 
@@ -361,12 +367,14 @@ if variant_rows:
               "the uniform line:", ""]
     lines += write("variants", variant_rows,
                    ["search", "budget", "step", "MACs", "params", "supernet score %", "seeds", "accuracy % (mean ± sd)",
-                    "uniform line at its MACs", "difference"],
+                    "uniform line at its MACs", "difference", "uniform line at its params", "difference"],
                    lambda r: [r["variant"], r["budget"], str(r["step"]), millions(r["macs"]), thousands(r["params"]),
                               f"{r['supernet_acc']:.2f}", str(r["seeds"]),
                               f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["seeds"] else "not retrained",
                               "" if r["uniform_at_macs"] is None else f"{r['macs_bound']}{r['uniform_at_macs']:.2f}",
-                              "" if r["diff_macs"] is None else f"{r['diff_macs']:+.2f}"])
+                              "" if r["diff_macs"] is None else f"{r['diff_macs']:+.2f}",
+                              "" if r["uniform_at_params"] is None else f"{r['params_bound']}{r['uniform_at_params']:.2f}",
+                              "" if r["diff_params"] is None else f"{r['diff_params']:+.2f}"])
     for variant in sorted({r["variant"] for r in variant_rows}):
         trajectory = results / "variants" / variant / "search" / "trajectory.csv"
         lines += ["", f"Steps of the `{variant}` search by stage:", ""]
