@@ -44,7 +44,8 @@ variant_flags() {
     accuracy) echo "" ;;
     drop-per-mac) echo "--criterion drop-per-mac" ;;
     batch5000) echo "--eval-batch 5000" ;;          # all of the held-out split
-    *) echo "unknown variant $1 (accuracy, drop-per-mac, batch5000)" >&2; return 1 ;;
+    drop-per-mac-batch5000) echo "--criterion drop-per-mac --eval-batch 5000" ;;
+    *) echo "unknown variant $1 (accuracy, drop-per-mac, batch5000, drop-per-mac-batch5000)" >&2; return 1 ;;
   esac
 }
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
