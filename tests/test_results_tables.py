@@ -109,7 +109,7 @@ def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
     assert not (results / "search").exists()  # no main search in RUNS: nothing copied there
 
 
-def _markdown_tables(text: str) -> list[tuple[str, list[str]]]:
+def _markdown_tables(text: str) -> list[tuple[tuple[str, ...], list[tuple[str, ...]]]]:
     """Every markdown table in `text`: its header line and its data rows, cells stripped and bold removed."""
     tables, lines = [], text.splitlines()
     for index, line in enumerate(lines):

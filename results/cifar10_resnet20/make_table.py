@@ -278,16 +278,13 @@ def variants(rows: list[dict], brackets: list[dict]) -> list[dict]:
             row = {"variant": variant_dir.name, "budget": budget, "step": target["step"], "macs": target["macs"],
                    "params": target["params"], "supernet_acc": round(target["accuracy"] * 100, 2), "seeds": len(trained),
                    "acc_mean": None, "acc_std": None}
+            if trained:
+                row["acc_mean"], row["acc_std"] = stats(trained)
             for cost, line in (("macs", by_macs), ("params", by_params)):
                 row.update({f"uniform_at_{cost}": None, f"{cost}_bound": "", f"diff_{cost}": None})
                 if trained and len(line) > 1:
                     at, row[f"{cost}_bound"] = line_at(line, target[cost])
-                    row[f"uniform_at_{cost}"] = round(at, 2)
-            if trained:
-                row["acc_mean"], row["acc_std"] = stats(trained)
-                for cost in ("macs", "params"):
-                    if row[f"uniform_at_{cost}"] is not None:
-                        row[f"diff_{cost}"] = round(row["acc_mean"] - row[f"uniform_at_{cost}"], 2)
+                    row[f"uniform_at_{cost}"], row[f"diff_{cost}"] = round(at, 2), round(row["acc_mean"] - at, 2)
             table.append(row)
     return table
 
