@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,14 @@ def test_the_results_readme_copies_its_tables_from_table_md():
             assert not missing, f"README rows not in table.md under {header}: {missing}"
             checked += len(rows)
     assert checked >= 20  # the retraining, line, proxy, stage and variant tables at least
+
+
+def test_every_accuracy_quoted_in_the_readmes_is_a_measured_one():
+    # prose quotes retrained accuracies as "mean ± sd"; each must be a figure of table.md, in the results README and
+    # in the top-level one, so a retraining rerun that moves a mean leaves no stale copy behind
+    folder = SCRIPT.parent
+    measured = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", (folder / "table.md").read_text()))
+    for readme in (folder / "README.md", folder.parents[1] / "README.md"):
+        quoted = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", readme.read_text()))
+        assert len(quoted) >= 10, readme  # the retrained searched and uniform networks at least
+        assert quoted <= measured, f"{readme.name}: not in table.md: {sorted(quoted - measured)}"
