@@ -48,6 +48,11 @@ variant_flags() {
     *) echo "unknown variant $1 (accuracy, drop-per-mac, batch5000, drop-per-mac-batch5000)" >&2; return 1 ;;
   esac
 }
+# searched_all SUMMARY: a finished search's summary.json with a target for every budget of BUDGETS
+searched_all() {
+  [ -f "$1" ] && "$PYTHON" -c "import json, sys; targets = json.load(open(sys.argv[1]))['targets']
+sys.exit(any('flops-' + b not in targets for b in sys.argv[2:]))" "$1" $BUDGETS
+}
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 if has_stage variants; then for v in $VARIANTS; do variant_flags "$v" > /dev/null; done; fi  # before hours of work
 
@@ -131,7 +136,12 @@ fi
 if has_stage variants; then
   for v in $VARIANTS; do
     flags=$(variant_flags "$v")
-    if [ ! -d "$RUNS/variants/$v/search" ] && [ -f "$RESULTS/variants/$v/search/summary.json" ]; then
+    # a finished search is not run again: with fewer budgets it would write a summary of those alone
+    if searched_all "$RUNS/variants/$v/search/summary.json"; then
+      log "search $v: already done, its configs are in $RUNS/variants/$v/search"
+      continue
+    fi
+    if [ ! -d "$RUNS/variants/$v/search" ] && searched_all "$RESULTS/variants/$v/search/summary.json"; then
       log "search $v: already done, its configs are in $RESULTS/variants/$v/search"
       continue
     fi
