@@ -16,7 +16,7 @@ from torch import nn
 
 from .checkpoint import CHECKPOINT_NAME
 from .io import write_text
-from .sandwich import WarmupCosine, build_optimizer
+from .sandwich import build_optimizer, lr_factor
 from .settings import TrainSettings
 
 __all__ = ["DivergedError", "TrainingLoop"]
@@ -58,7 +58,8 @@ class TrainingLoop:
         self.total_steps = self.steps_per_epoch * train.epochs
         self.optimizer = build_optimizer(model, train)
         warmup = round(train.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine(warmup, self.total_steps))
+        factor = lr_factor(getattr(train, "schedule", "cosine"), warmup_steps=warmup, total_steps=self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.step = 0
         self.epoch = 0  # completed (evaluated) epochs
         self.seconds = 0.0  # training time of earlier sessions of this run

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .settings import TrainSettings
+from .settings import SCHEDULES, TrainSettings
 from .supernet import Supernet
 
 __all__ = ["derive_seed", "subnet_rng", "sandwich_configs", "distillation_loss", "sandwich_step", "WarmupCosine",
-           "build_optimizer"]
+           "OneCycle", "lr_factor", "build_optimizer"]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -97,6 +97,34 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         span = max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - self.warmup_steps) / span)))
+
+
+class OneCycle:
+    """Learning-rate factor per step of a one-cycle schedule (Smith 2018, as ``torch.optim.lr_scheduler.OneCycleLR``
+    with a fixed momentum): from ``1 / start_div`` up to 1 by half a cosine over the first ``peak_at`` of the
+    steps, then down to ``1 / end_div`` by half a cosine."""
+
+    def __init__(self, total_steps: int, *, peak_at: float = 0.15, start_div: float = 25.0, end_div: float = 1e4) -> None:
+        self.total_steps = int(total_steps)
+        self.peak_step = max(1, round(peak_at * self.total_steps))
+        self.start = 1.0 / start_div
+        self.end = 1.0 / end_div
+
+    def __call__(self, step: int) -> float:
+        if step < self.peak_step:
+            return self.start + (1.0 - self.start) * 0.5 * (1.0 - math.cos(math.pi * step / self.peak_step))
+        span = max(1, self.total_steps - self.peak_step)
+        progress = min(1.0, (step - self.peak_step) / span)
+        return self.end + (1.0 - self.end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_factor(schedule: str, *, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The per-step learning-rate factor of ``schedule`` (one of :data:`SCHEDULES`), for ``LambdaLR``."""
+    if schedule == "cosine":
+        return WarmupCosine(warmup_steps, total_steps)
+    if schedule == "one-cycle":
+        return OneCycle(total_steps)
+    raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:

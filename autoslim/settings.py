@@ -19,7 +19,7 @@ from .io import read_yaml, write_yaml
 from .spaces import SPACES_DIR, SearchSpace
 
 __all__ = ["TrainSettings", "resolve_settings", "load_settings", "save_settings", "settings_from_dict",
-           "RUNTIME_KEYS", "IDENTITY_KEYS", "space_reference"]
+           "RUNTIME_KEYS", "IDENTITY_KEYS", "SCHEDULES", "space_reference"]
 
 IDENTITY_KEYS = ("space", "dataset")
 """A run directory belongs to one space and dataset: another one there needs ``--force``."""
@@ -27,6 +27,8 @@ RUNTIME_KEYS = ("device", "amp", "channels_last", "log_every", "data_dir")
 """Settings that may change when a run resumes: they do not change what is computed on CPU."""
 
 _AUTO_OFF_ON = ("auto", "off", "on")
+SCHEDULES = ("cosine", "one-cycle")
+"""Learning-rate schedules (:func:`autoslim.sandwich.lr_factor`)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ class TrainSettings:
         momentum: SGD momentum (Nesterov when ``nesterov``).
         nesterov: use Nesterov momentum.
         weight_decay: L2 weight decay of conv and linear weights (never of BatchNorm and biases).
-        warmup_epochs: linear warm-up, then cosine decay to zero, both per step.
+        warmup_epochs: linear warm-up, then cosine decay to zero, both per step (``schedule: cosine``).
+        schedule: the learning-rate schedule per step: ``cosine`` (warm-up then cosine to zero) or ``one-cycle``
+            (from lr/25 up to lr over the first 15% of the steps, then down to lr/1e4, both by half a cosine).
         label_smoothing: label smoothing of the largest subnet's loss.
         num_subnets: subnets per batch: the largest, the smallest and ``num_subnets - 2`` random ones.
         calib_batches: training batches used to recalibrate BatchNorm before each evaluation.
@@ -69,6 +73,7 @@ class TrainSettings:
     nesterov: bool = True
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
+    schedule: str = "cosine"
     label_smoothing: float = 0.1
     num_subnets: int = 4
     calib_batches: int = 8
@@ -96,6 +101,8 @@ class TrainSettings:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs a positive momentum")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.amp not in _AUTO_OFF_ON or self.channels_last not in _AUTO_OFF_ON:
             raise ValueError(f"amp and channels_last must be one of {', '.join(_AUTO_OFF_ON)}")
         if self.width_mult is not None:

@@ -31,6 +31,8 @@ def _search_size(value: str | None) -> int | float | None:
 @click.option("--fraction", type=float, help="Fraction of the recipe's full-training epochs (default 0.2).")
 @click.option("--batch-size", type=int, help="Global batch size (default: the recipe's; the lr scales with it).")
 @click.option("--lr", type=float, help="Peak learning rate (default: the recipe's, scaled by the batch size).")
+@click.option("--schedule", type=click.Choice(["cosine", "one-cycle"]),
+              help="Learning-rate schedule: cosine (warm-up, then cosine to zero; default) or one-cycle.")
 @click.option("--num-subnets", type=int, help="Subnets per batch: largest, smallest and n-2 random (default 4).")
 @click.option("--seed", type=int, help="Seed of initialisation, split, data order and subnets (default 0).")
 @click.option("--search-size", help="Training images held out for the search: a count or a fraction (default 10%).")
@@ -44,7 +46,7 @@ def _search_size(value: str | None) -> int | float | None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out with its own settings.")
 @click.option("--force", is_flag=True, help="Start over even if --out holds another run.")
 def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, download: bool, epochs: int | None,
-                   fraction: float | None, batch_size: int | None, lr: float | None, num_subnets: int | None,
+                   fraction: float | None, batch_size: int | None, lr: float | None, schedule: str | None, num_subnets: int | None,
                    seed: int | None, search_size: str | None, device: str | None, amp: str | None,
                    channels_last: str | None, width_mult: float | None, log_every: int | None, out_dir: str | None, resume: bool,
                    force: bool) -> None:
@@ -62,7 +64,7 @@ def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, d
 
     space = configure_space(load_space(space_name), width_mult=width_mult)
     settings = resolve_settings(
-        space, fraction=fraction, dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+        space, fraction=fraction, dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
         num_subnets=num_subnets, seed=seed, search_size=_search_size(search_size), device=device, amp=amp,
         channels_last=channels_last, log_every=log_every,
         width_mult=width_mult if width_mult is None else space.width_mult)

@@ -435,3 +435,19 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["train-supernet", "--space", "digits_cnn", "--device", "cuda",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "CUDA is not available here" in result.output
+
+
+def test_one_cycle_schedule_shape():
+    from autoslim.sandwich import OneCycle, lr_factor
+
+    factor = lr_factor("one-cycle", warmup_steps=10, total_steps=1000)
+    assert isinstance(factor, OneCycle)
+    assert factor(0) == pytest.approx(1 / 25)
+    assert factor(150) == pytest.approx(1.0)  # the peak at 15% of the steps
+    assert factor(75) == pytest.approx((1 / 25 + 1) / 2)
+    assert factor(999) == pytest.approx(1e-4, rel=1e-2)
+    rising = [factor(s) for s in range(0, 151)]
+    falling = [factor(s) for s in range(150, 1000)]
+    assert rising == sorted(rising) and falling == sorted(falling, reverse=True)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor("step", warmup_steps=0, total_steps=10)
