@@ -125,20 +125,25 @@ class BatchScorer:
 
     # -- the evaluator protocol ----------------------------------------------------------------------
 
-    @torch.no_grad()
     def __call__(self, current: Mapping[str, int],
                  candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Score]:
+        return [self._score(logits) for logits in self.logits(current, candidates)]
+
+    @torch.no_grad()
+    def logits(self, current: Mapping[str, int],
+               candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Tensor]:
+        """The network's outputs on the batch for every candidate, in order (see :data:`autoslim.search.Evaluator`)."""
         previous = self.supernet.config
         try:
             if not self.reuse:
-                return [self._score_plain(config) for _, config in candidates]
-            return self._score_reusing(dict(current), candidates)
+                return [self._run_plain(config) for _, config in candidates]
+            return self._run_reusing(dict(current), candidates)
         finally:
             self.supernet.set_config(previous)
 
     # -- plain loop ------------------------------------------------------------------------------------
 
-    def _score_plain(self, config: Mapping[str, int]) -> Score:
+    def _run_plain(self, config: Mapping[str, int]) -> Tensor:
         self.supernet.set_config(config)
         self._count_work(config, 0, len(self._nodes))
         if self.calibration is not None:
@@ -146,19 +151,19 @@ class BatchScorer:
 
             recalibrate(self.supernet, self.calibration)
             self.supernet.eval()
-            return self._score(self.supernet.model(self.images))
+            return self.supernet.model(self.images)
         with batch_statistics(self.supernet):
-            return self._score(self.supernet.model(self.images))
+            return self.supernet.model(self.images)
 
     # -- reuse ------------------------------------------------------------------------------------------
 
-    def _score_reusing(self, current: dict[str, int],
-                       candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Score]:
+    def _run_reusing(self, current: dict[str, int],
+                     candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Tensor]:
         starts = [0 if unit is None else self._start.get(unit, 0) for unit, _ in candidates]
         keep = self._keep_set(set(starts))
         env, done = self._restore(current, keep)
         runner = fx.Interpreter(self.graph_module, garbage_collect_values=False)
-        scores: list[Optional[Score]] = [None] * len(candidates)
+        outputs: list[Optional[Tensor]] = [None] * len(candidates)
         with batch_statistics(self.supernet):
             for i in sorted(range(len(candidates)), key=lambda j: starts[j]):
                 unit, config = candidates[i]
@@ -181,11 +186,11 @@ class BatchScorer:
                         initial[node] = self._frontier(node, value, unit, current, config, start)
                 output = fx.Interpreter(self.graph_module, garbage_collect_values=True).run(
                     self.images, initial_env=initial)
-                scores[i] = self._score(output)
+                outputs[i] = output
         if keep:
             self._cache = {node: env[node] for node in keep if node in env}
             self._cache_config, self._cache_done = current, done
-        return scores  # type: ignore[return-value]
+        return outputs  # type: ignore[return-value]
 
     def _frontier(self, node: fx.Node, value: object, unit: Optional[str], current: Mapping[str, int],
                   config: Mapping[str, int], start: int):
@@ -251,6 +256,8 @@ class BatchScorer:
             if isinstance(value, Tensor) and any(self._carries(node, unit) for unit in changed):
                 value = self._reslice(node, value, self._cache_config, current)
             env[node] = value
+        if any(node not in env for node in keep if self._position[node] < done):
+            return {}, 0  # a start point the cached call did not have (an evaluator scoring fewer candidates then)
         return env, done
 
     # -- helpers ----------------------------------------------------------------------------------------

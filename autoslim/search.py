@@ -20,36 +20,46 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from autoslim.budget import format_count, parse_budget
 
 __all__ = [
     "CRITERIA",
+    "SIGNALS",
     "TARGET_KINDS",
     "TRAJECTORY_COLUMNS",
     "Cost",
     "Evaluator",
+    "Ranking",
     "Score",
     "Step",
     "Target",
     "append_step",
     "check_targets",
     "choice_leads",
+    "criterion_key",
     "greedy_search",
     "parse_targets",
     "pareto_front",
     "pick",
     "read_trajectory",
+    "signal_value",
     "stop_limits",
     "write_trajectory",
 ]
 
-CRITERIA = ("accuracy", "drop-per-mac")
+CRITERIA = ("drop-per-cost", "accuracy", "drop-per-mac")
+"""How a step is chosen: ``drop-per-cost`` (the default: the signal lost per unit of the targeted cost saved),
+``accuracy`` (the paper's rule: the highest held-out accuracy, whatever the step saves) and ``drop-per-mac``
+(top-1 lost per MAC saved, whatever the target: the rule of autoslim 0.x searches, kept so that they resume)."""
+SIGNALS = ("kl", "top1", "ce")
+"""What ``drop-per-cost`` measures on the held-out images: ``kl`` (the KL divergence from the largest config's
+predictions, the default), ``top1`` (accuracy) or ``ce`` (cross-entropy with the labels)."""
 TARGET_KINDS = ("flops", "params")
 TRAJECTORY_COLUMNS = ("step", "unit", "channels", "macs", "params", "accuracy", "loss", "score", "runner_up", "candidates",
-                      "seconds")
-_OLD_COLUMNS = tuple(c for c in TRAJECTORY_COLUMNS if c != "runner_up")  # autoslim 0.x before runner_up
+                      "seconds", "kl")
+_REQUIRED_COLUMNS = tuple(c for c in TRAJECTORY_COLUMNS if c not in ("runner_up", "kl"))  # autoslim 0.x files lack those
 
 
 @dataclass(frozen=True)
@@ -59,10 +69,16 @@ class Score:
     Attributes:
         accuracy: top-1 accuracy on the search batch, in [0, 1].
         loss: mean cross-entropy on the same batch (breaks accuracy ties).
+        kl: mean KL divergence from the largest config's predictions on the same images (None if not measured).
+        complete: False when the evaluator stopped scoring this candidate early because it could not win
+            (:class:`autoslim.scoring.SlicedScorer`); its figures are then those of the images it saw, and the
+            search never picks it before a complete one.
     """
 
     accuracy: float
     loss: float
+    kl: Optional[float] = None
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,8 +95,8 @@ class Step:
         params: parameters of the config after the step.
         accuracy: its accuracy.
         loss: its loss.
-        score: the criterion value that chose it (the accuracy for ``accuracy``, the accuracy drop per
-            MAC saved for ``drop-per-mac``; 0 for step 0 under ``drop-per-mac``).
+        score: the criterion value that chose it (the accuracy for ``accuracy``, the signal lost per unit of
+            cost saved for ``drop-per-cost`` and ``drop-per-mac``, negative for a step that gains; 0 for step 0).
         candidates: how many candidates were scored at this step.
         seconds: wall time of this step.
         config: the full config (unit name -> count) after the step.
@@ -101,6 +117,7 @@ class Step:
     seconds: float = field(compare=False)
     config: dict[str, int] = field(hash=False)
     runner_up: Optional[float] = None
+    kl: Optional[float] = None
 
 
 Cost = Callable[[Mapping[str, int]], Tuple[int, int]]
@@ -115,13 +132,27 @@ step 0 the search calls ``evaluate(start, [(None, start)])``.
 """
 
 
+class Ranking(NamedTuple):
+    """What decides a ``drop-per-cost`` step, passed to an evaluator that sets ``accepts_ranking = True`` as a third
+    argument, so that it can stop scoring candidates that cannot win (:class:`autoslim.progressive.SlicedScorer`).
+
+    Attributes:
+        signal: the signal lost (one of :data:`SIGNALS`).
+        saved: the targeted cost each candidate saves, in the order of the candidates.
+    """
+
+    signal: str
+    saved: tuple[float, ...]
+
+
 def greedy_search(
     start: Mapping[str, int],
     choices: Mapping[str, Sequence[int]],
     cost: Cost,
     evaluate: Evaluator,
     *,
-    criterion: str = "accuracy",
+    criterion: str = "drop-per-cost",
+    signal: str = "kl",
     stop_macs: Optional[int] = None,
     stop_params: Optional[int] = None,
     history: Sequence[Step] = (),
@@ -133,10 +164,14 @@ def greedy_search(
     parameters when only ``stop_params`` is given (or when both are given and the MAC limit is already
     met). The remaining candidates are scored together and the best is kept:
 
-    - ``accuracy``: highest accuracy, then lowest loss, then unit order (the order of ``start``);
-    - ``drop-per-mac``: candidates that lose no accuracy first, the one saving the most MACs first (a ratio
-      would prefer the smallest saving among free steps); then the smallest accuracy drop per MAC saved
-      (candidates saving no MACs last); then lowest loss, then unit order.
+    - ``drop-per-cost``: the ``signal`` lost per unit of the targeted cost saved (:func:`criterion_key`): steps
+      that lose nothing first, the one saving the most first (a ratio would prefer the smallest saving among
+      free steps); then the smallest loss per unit saved; then lowest cross-entropy, then unit order;
+    - ``accuracy`` (the paper's rule): highest accuracy, then lowest loss, then unit order (the order of ``start``);
+    - ``drop-per-mac``: as ``drop-per-cost`` with ``signal='top1'``, always per MAC saved.
+
+    A candidate the evaluator did not score completely (:attr:`Score.complete` False) is never kept before a
+    complete one.
 
     The search stops once the current config meets every limit given (``macs <= stop_macs`` and
     ``params <= stop_params``), when no unit can shrink, or when no candidate reduces the targeted cost.
@@ -149,6 +184,7 @@ def greedy_search(
         cost: ``cost(config) -> (macs, params)``.
         evaluate: the evaluator, see :data:`Evaluator`.
         criterion: one of :data:`CRITERIA`.
+        signal: one of :data:`SIGNALS`, for ``drop-per-cost``.
         stop_macs: stop once the MACs are at or under this.
         stop_params: stop once the parameters are at or under this.
         history: steps already made (e.g. from :func:`read_trajectory`); the search continues after the
@@ -158,31 +194,41 @@ def greedy_search(
         One :class:`Step` per step, starting with step 0 unless ``history`` is given.
 
     Raises:
-        ValueError: on an unknown criterion, choices naming units missing from ``start``, a history that
-            does not begin at ``start``, or an evaluator returning the wrong number of scores.
+        ValueError: on an unknown criterion or signal, choices naming units missing from ``start``, a history
+            that does not begin at ``start`` (or lacks the signal), or an evaluator returning the wrong number of
+            scores.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown search criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown search signal {signal!r}: use one of {', '.join(SIGNALS)}")
+    if criterion == "drop-per-mac":
+        signal = "top1"
     ladders = _ladders(start, choices)
 
     if history:
         _check_history(history, start)
         last = history[-1]
-        current, macs, params, accuracy = dict(last.config), last.macs, last.params, last.accuracy
+        current, macs, params = dict(last.config), last.macs, last.params
+        now = Score(last.accuracy, last.loss, last.kl)
+        if criterion == "drop-per-cost" and signal == "kl" and last.kl is None:
+            raise ValueError("the trajectory records no KL divergence: resume it with the criterion and signal "
+                             "it was made with")
         number = last.step
     else:
         began = time.perf_counter()
         macs, params = cost(start)
-        (first,) = _scores(evaluate, start, [(None, dict(start))])
-        current, accuracy, number = dict(start), first.accuracy, 0
-        score = first.accuracy if criterion == "accuracy" else 0.0
-        yield Step(0, None, None, macs, params, first.accuracy, first.loss, score, 1,
-                   time.perf_counter() - began, dict(current))
+        (now,) = _scores(evaluate, start, [(None, dict(start))])
+        current, number = dict(start), 0
+        score = now.accuracy if criterion == "accuracy" else 0.0
+        yield Step(0, None, None, macs, params, now.accuracy, now.loss, score, 1,
+                   time.perf_counter() - began, dict(current), kl=now.kl)
 
     while not _meets(macs, params, stop_macs, stop_params):
         began = time.perf_counter()
         # Every step must lower the cost still aimed at: MACs, unless only a parameter limit is left.
         by_params = stop_params is not None and (stop_macs is None or macs <= stop_macs)
+        aimed = 1 if by_params and criterion != "drop-per-mac" else 0
         candidates, costs = [], []
         for unit, ladder in ladders.items():
             lower = [count for count in ladder if count < current[unit]]
@@ -196,24 +242,54 @@ def greedy_search(
                 costs.append(candidate_cost)
         if not candidates:
             return
-        scores = _scores(evaluate, current, candidates)
+        spent = (macs, params)[aimed]
+        saved = [spent - c[aimed] for c in costs]
+        ranking = None if criterion == "accuracy" else Ranking(signal, tuple(saved))
+        scores = _scores(evaluate, current, candidates, ranking)
         if criterion == "accuracy":
             values = [s.accuracy for s in scores]
-            keys = [(-s.accuracy, s.loss, i) for i, s in enumerate(scores)]
+            keys = [(not s.complete, -s.accuracy, s.loss, i) for i, s in enumerate(scores)]
         else:
-            values = [_drop_per_mac(accuracy, macs, s, c[0]) for s, c in zip(scores, costs)]
-            keys = [(v > 0, v if v > 0 else c[0] - macs, s.loss, i)
-                    for i, (v, s, c) in enumerate(zip(values, scores, costs))]
+            drops = [signal_value(now, signal) - signal_value(s, signal) for s in scores]
+            values = [d / g if g > 0 else math.inf for d, g in zip(drops, saved)]
+            keys = [(not s.complete, *criterion_key(d, g), s.loss, i)
+                    for i, (d, g, s) in enumerate(zip(drops, saved, scores))]
         ranked = sorted(keys)
         best = ranked[0][-1]
         runner_up = values[ranked[1][-1]] if len(ranked) > 1 else None
         unit, config = candidates[best]
-        score = scores[best]
+        now = scores[best]
         number += 1
-        current, accuracy = config, score.accuracy
+        current = config
         macs, params = costs[best]
-        yield Step(number, unit, config[unit], macs, params, score.accuracy, score.loss, values[best],
-                   len(candidates), time.perf_counter() - began, dict(config), runner_up)
+        yield Step(number, unit, config[unit], macs, params, now.accuracy, now.loss, values[best],
+                   len(candidates), time.perf_counter() - began, dict(config), runner_up, kl=now.kl)
+
+
+def signal_value(score: Score, signal: str) -> float:
+    """The held-out signal of a score, oriented so that higher is better (accuracy, minus CE, minus KL)."""
+    if signal == "top1":
+        return score.accuracy
+    if signal == "ce":
+        return -score.loss
+    if score.kl is None:
+        raise ValueError("the evaluator gave no KL divergence: score with autoslim.progressive.SlicedScorer, "
+                         "or choose --signal top1")
+    return -score.kl
+
+
+def criterion_key(drop: float, saved: float) -> tuple[int, float]:
+    """The sort key of a candidate under ``drop-per-cost`` (lower is better).
+
+    A candidate that loses nothing (``drop <= 0``) comes first, the one saving most first; the others follow
+    by the smallest drop per unit saved; one that saves nothing comes last. The key never decreases as the
+    drop grows, so a bound on the drop bounds the key (:class:`autoslim.scoring.SlicedScorer` relies on it).
+    """
+    if saved <= 0:
+        return (2, math.inf)
+    if drop <= 0:
+        return (0, -saved)
+    return (1, drop / saved)
 
 
 def _ladders(start: Mapping[str, int], choices: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
@@ -242,19 +318,16 @@ def _check_history(history: Sequence[Step], start: Mapping[str, int]) -> None:
 
 
 def _scores(evaluate: Evaluator, current: Mapping[str, int],
-            candidates: Sequence[tuple[Optional[str], Mapping[str, int]]]) -> list[Score]:
-    """Call the evaluator and check that it gave one score per candidate."""
-    scores = list(evaluate(current, candidates))
+            candidates: Sequence[tuple[Optional[str], Mapping[str, int]]], ranking: Optional[Ranking] = None) -> list[Score]:
+    """Call the evaluator (with the ranking, if it accepts one) and check that it gave one score per candidate."""
+    if ranking is not None and getattr(evaluate, "accepts_ranking", False):
+        scores = list(evaluate(current, candidates, ranking))
+    else:
+        scores = list(evaluate(current, candidates))
     if len(scores) != len(candidates):
         raise ValueError(f"the evaluator returned {len(scores)} scores for {len(candidates)} candidates: "
                          "it must return one Score per candidate, in order")
     return scores
-
-
-def _drop_per_mac(accuracy: float, macs: int, score: Score, candidate_macs: int) -> float:
-    """Accuracy lost per MAC saved; infinite for a candidate that saves no MACs, so it ranks last."""
-    saved = macs - candidate_macs
-    return (accuracy - score.accuracy) / saved if saved > 0 else math.inf
 
 
 def _meets(macs: int, params: int, max_macs: Optional[int], max_params: Optional[int]) -> bool:
@@ -436,8 +509,8 @@ def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, 
     """Read a trajectory CSV, rebuilding each step's config by replaying the unit changes from ``start``.
 
     A last line without its newline was cut by a killed process and is dropped, even when it parses (a
-    number may have been cut short). A trajectory written before the ``runner_up`` column is read with
-    ``runner_up`` None (and rewritten with the column when ``repair`` is set, so that it can be continued).
+    number may have been cut short). A trajectory written before the ``runner_up`` or ``kl`` columns is read with
+    them None (and rewritten with the columns when ``repair`` is set, so that it can be continued).
 
     Args:
         path: the CSV written by :func:`append_step`.
@@ -459,7 +532,7 @@ def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, 
     steps: list[Step] = []
     if lines:
         header = tuple(next(csv.reader(lines[:1])))
-        old = header == _OLD_COLUMNS
+        old = header != TRAJECTORY_COLUMNS and set(_REQUIRED_COLUMNS) <= set(header) <= set(TRAJECTORY_COLUMNS)
         if header != TRAJECTORY_COLUMNS and not old:
             raise ValueError(f"{path} is not a trajectory: its header is {','.join(header)}, expected "
                              f"{','.join(TRAJECTORY_COLUMNS)}")
@@ -483,7 +556,8 @@ def _row(step: Step) -> list:
     """The CSV fields of a step."""
     return [step.step, "" if step.unit is None else step.unit, "" if step.channels is None else step.channels,
             step.macs, step.params, step.accuracy, step.loss, step.score,
-            "" if step.runner_up is None else step.runner_up, step.candidates, step.seconds]
+            "" if step.runner_up is None else step.runner_up, step.candidates, step.seconds,
+            "" if step.kl is None else step.kl]
 
 
 def _step(fields: list[str], header: Sequence[str], config: Mapping[str, int], path: Path, number: int) -> Step:
@@ -499,7 +573,8 @@ def _step(fields: list[str], header: Sequence[str], config: Mapping[str, int], p
         values = dict(macs=int(row["macs"]), params=int(row["params"]), accuracy=float(row["accuracy"]),
                       loss=float(row["loss"]), score=float(row["score"]), candidates=int(row["candidates"]),
                       seconds=float(row["seconds"]),
-                      runner_up=float(row["runner_up"]) if row.get("runner_up") else None)
+                      runner_up=float(row["runner_up"]) if row.get("runner_up") else None,
+                      kl=float(row["kl"]) if row.get("kl") else None)
     except ValueError as error:
         raise ValueError(f"{path}, line {number}: {error}; fix or delete that line") from None
     after = dict(config)

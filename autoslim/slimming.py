@@ -21,14 +21,15 @@ import torch
 from .budget import format_count
 from .config import ChannelConfig, save_config
 from .io import read_yaml, write_json, write_text, write_yaml
-from .search import (CRITERIA, Step, Target, append_step, check_targets, choice_leads, greedy_search, pareto_front,
+from .search import (CRITERIA, SIGNALS, Step, Target, append_step, check_targets, choice_leads, greedy_search, pareto_front,
                      pick, read_trajectory, stop_limits)
 from .supernet import Supernet
 
 __all__ = ["SearchSettings", "SearchResult", "search_run", "uniform_within", "UNIFORM_WIDTHS"]
 
 UNIFORM_WIDTHS = (0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-_TRAJECTORY_KEYS = ("run", "criterion", "eval_batch", "calibration_batches", "seed")
+_TRAJECTORY_KEYS = ("run", "criterion", "signal", "eval_batch", "slice_size", "confidence", "calibration_batches", "seed")
+_BEFORE_1_0 = {"signal": "top1", "slice_size": None, "confidence": None}  # what searches of autoslim 0.x did
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,25 @@ class SearchSettings:
 
     Only the fields in ``_TRAJECTORY_KEYS`` decide the trajectory; targets and the rest may change when a
     search is resumed.
+
+    Attributes:
+        criterion: how a step is chosen (:data:`autoslim.search.CRITERIA`).
+        signal: what ``drop-per-cost`` measures (:data:`autoslim.search.SIGNALS`).
+        eval_batch: held-out images scored (None: all of the held-out split).
+        slice_size: at most this many images per forward pass and per set of BatchNorm statistics
+            (:class:`autoslim.progressive.SlicedScorer`); None scores them as one batch (the scorer of autoslim 0.x,
+            which measures no KL divergence).
+        confidence: standard errors of the bound that stops scoring candidates that cannot win (None: score
+            every candidate on every image).
     """
 
     run: str
     targets: tuple[str, ...] = ()
-    criterion: str = "accuracy"
-    eval_batch: int = 2048
+    criterion: str = "drop-per-cost"
+    signal: str = "kl"
+    eval_batch: Optional[int] = None
+    slice_size: Optional[int] = 1024
+    confidence: Optional[float] = 3.0
     calibration_batches: int = 0
     reuse: bool = True
     to_smallest: bool = False
@@ -52,8 +66,16 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
-        if self.eval_batch < 1:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"unknown signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
+        if self.eval_batch is not None and self.eval_batch < 1:
             raise ValueError(f"--eval-batch must be at least 1, got {self.eval_batch}")
+        if self.slice_size is not None and self.slice_size < 1:
+            raise ValueError(f"--slice must be at least 1, got {self.slice_size}")
+        if self.confidence is not None and self.confidence <= 0:
+            raise ValueError(f"the confidence bound must be positive, got {self.confidence}")
+        if self.slice_size is None and self.criterion == "drop-per-cost" and self.signal == "kl":
+            raise ValueError("the KL signal needs the sliced scorer: give a slice size, or --signal top1")
         if self.calibration_batches < 0:
             raise ValueError(f"--calibration-batches must be >= 0, got {self.calibration_batches}")
 
@@ -118,6 +140,7 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     """
     from .checkpoint import load_run
     from .devices import resolve_device
+    from .progressive import SlicedScorer
     from .scoring import BatchScorer
 
     out = Path(out_dir)
@@ -132,7 +155,7 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     history = _open_search(out, settings, largest, force=force)
 
     data = run.load_data(data_dir=data_dir)
-    size = min(settings.eval_batch, len(data.split("search")))
+    size = min(settings.eval_batch or len(data.split("search")), len(data.split("search")))
     images, labels = next(iter(data.batches("search", size, shuffle=False, augment=False, device=device)))
     calibration = None
     if settings.calibration_batches:
@@ -141,7 +164,11 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
         calibration = [b for _, b in zip(range(settings.calibration_batches),
                                           data.batches("train", batch, shuffle=True, augment=False,
                                                        generator=generator, device=device))]
-    scorer = BatchScorer(supernet, images, labels, reuse=settings.reuse, calibration=calibration)
+    if settings.slice_size is None:
+        scorer = BatchScorer(supernet, images, labels, reuse=settings.reuse, calibration=calibration)
+    else:
+        scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size, confidence=settings.confidence,
+                              reuse=settings.reuse, calibration=calibration)
     stop_macs, stop_params = (None, None) if settings.to_smallest else stop_limits(targets)
     choices = {unit.name: unit.choices for unit in supernet.slimmable_units}
 
@@ -155,7 +182,8 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     trajectory = out / "trajectory.csv"
     steps = list(history)
     started = time.perf_counter()
-    for step in greedy_search(largest, choices, cost, scorer, criterion=settings.criterion, stop_macs=stop_macs,
+    for step in greedy_search(largest, choices, cost, scorer, criterion=settings.criterion, signal=settings.signal,
+                              stop_macs=stop_macs,
                               stop_params=stop_params, history=history):
         append_step(trajectory, step)
         steps.append(step)
@@ -177,7 +205,9 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
                                        "accuracy": score.accuracy, "loss": score.loss}
     result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
                           work={"seconds": seconds, "macs_executed": scorer.macs_executed,
-                                "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size})
+                                "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
+                                "slices": len(getattr(scorer, "slices", [None])),
+                                "candidates_dropped": getattr(scorer, "dropped", None)})
     _write_products(result, run, settings, targets)
     return result
 
@@ -189,7 +219,7 @@ def _open_search(out: Path, settings: SearchSettings, start: dict[str, int], *, 
         raise ValueError(f"{out} exists and is not a directory")
     if trajectory.exists():
         saved = read_yaml(saved_path) if saved_path.exists() else {}
-        mismatched = [k for k in _TRAJECTORY_KEYS if str(saved.get(k)) != str(getattr(settings, k))]
+        mismatched = [k for k in _TRAJECTORY_KEYS if str(saved.get(k, _BEFORE_1_0.get(k))) != str(getattr(settings, k))]
         if mismatched and not force:
             changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}" for k in mismatched)
             raise ValueError(f"{out} holds a search with other settings ({changes}); use another --out or --force")
@@ -220,6 +250,7 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
     write_text(out / "pareto.csv", "\n".join(lines) + "\n")
     space_options = dict(run.space_options)
     summary: dict[str, Any] = {"run": settings.run, "space": run.space.name, "criterion": settings.criterion,
+                               "signal": _signal_of(settings), "decided_by": _decided_by(settings, result.work),
                                "steps": len(result.steps) - 1, "targets": {}, "uniform": result.uniform,
                                "work": result.work}
     if settings.criterion == "accuracy":
@@ -238,6 +269,29 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
     result.summary = summary
     write_json(out / "summary.json", summary)
     _plot(out / "pareto.png", result, front, run.space.name)
+
+
+def _signal_of(settings: SearchSettings) -> str:
+    """The held-out signal the criterion follows."""
+    return "top1" if settings.criterion in ("accuracy", "drop-per-mac") else settings.signal
+
+
+def _decided_by(settings: SearchSettings, work: dict[str, Any]) -> str:
+    """One sentence: how every step of this search was chosen."""
+    signal = {"top1": "top-1 accuracy", "kl": "KL divergence from the largest config", "ce": "cross-entropy"}[
+        _signal_of(settings)]
+    bn = ("BatchNorm recalibrated on training batches" if settings.calibration_batches else
+          f"BatchNorm batch statistics per slice of {work['batch'] // max(1, work['slices'])} images"
+          if settings.slice_size else "BatchNorm batch statistics of the whole batch")
+    if settings.criterion == "accuracy":
+        rule = f"the highest held-out {signal}, whatever the step saves (the paper's rule)"
+    else:
+        per = "MAC saved" if settings.criterion == "drop-per-mac" else "unit of the targeted cost saved"
+        rule = f"the least held-out {signal} lost per {per}, steps that lose nothing first"
+    bound = (f"; candidates that a {settings.confidence:g}-standard-error bound showed could not win were not scored "
+             "on the remaining slices" if settings.confidence and settings.slice_size and settings.criterion != "accuracy"
+             else "")
+    return f"{settings.criterion}: {rule}, on {work['batch']:,} held-out images with {bn}{bound}"
 
 
 def _plot(path: Path, result: SearchResult, front: list[Step], title: str) -> None:

@@ -14,24 +14,37 @@ __all__ = ["search"]
 @click.option("--flops", multiple=True, metavar="BUDGET", help="MACs target (300M, 1.2G, 3e8); repeatable.")
 @click.option("--params", multiple=True, metavar="BUDGET", help="Parameter target (2M, 450k); repeatable.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="SEARCH directory [default: RUN/search].")
-@click.option("--eval-batch", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Held-out images scored at once (the whole search split if smaller).")
+@click.option("--criterion", type=click.Choice(["drop-per-cost", "accuracy", "drop-per-mac"]), default="drop-per-cost",
+              show_default=True,
+              help="drop-per-cost: the least --signal lost per unit of the targeted cost saved (MACs for --flops, "
+                   "parameters for --params), steps that lose nothing first. accuracy: the paper's rule, the highest "
+                   "held-out accuracy whatever the step saves. drop-per-mac: top-1 lost per MAC saved (autoslim 0.x).")
+@click.option("--signal", type=click.Choice(["kl", "top1", "ce"]), default="kl", show_default=True,
+              help="What drop-per-cost measures: KL divergence from the largest config's predictions, top-1 accuracy "
+                   "or cross-entropy.")
+@click.option("--eval-batch", type=click.IntRange(min=1), metavar="N",
+              help="Held-out images scored [default: all of the held-out split].")
+@click.option("--slice", "slice_size", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="At most this many images per forward pass, BatchNorm using each slice's statistics; 0 scores "
+                   "--eval-batch as one batch (autoslim 0.x; no KL).")
+@click.option("--exhaustive", is_flag=True,
+              help="Score every candidate on every image (by default a candidate that a 3-standard-error bound "
+                   "shows cannot win is not scored on the remaining slices).")
 @click.option("--calibration-batches", type=click.IntRange(min=0), default=0, show_default=True,
               help="Recalibrate BatchNorm on K training batches per candidate instead of batch statistics.")
-@click.option("--criterion", type=click.Choice(["accuracy", "drop-per-mac"]), default="accuracy", show_default=True,
-              help="accuracy (loss breaks ties), or accuracy lost per MAC saved.")
 @click.option("--to-smallest", is_flag=True, help="Slim all the way to the smallest config.")
 @click.option("--no-reuse", is_flag=True, help="Score every candidate from the input (the plain greedy loop).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(), help="Where the run's data lives now (default: as in training).")
 @click.option("--force", is_flag=True, help="Start over in an --out holding a search of other settings.")
-def search(run_dir, flops, params, out_dir, eval_batch, calibration_batches, criterion, to_smallest, no_reuse, device,
-           data_dir, force) -> None:
+def search(run_dir, flops, params, out_dir, criterion, signal, eval_batch, slice_size, exhaustive, calibration_batches,
+           to_smallest, no_reuse, device, data_dir, force) -> None:
     """Slim the supernet trained in RUN greedily and write a config for every budget.
 
-    Starting at the largest config, each step shrinks by one choice the unit whose removal costs the
-    least held-out accuracy. Every step is appended to SEARCH/trajectory.csv as it is made; re-running into
-    the same SEARCH resumes. MACs are those of conv and linear layers (the paper's "FLOPs").
+    Starting at the largest config, each step shrinks by one choice the unit whose removal loses the least
+    held-out signal per unit of cost saved (by default: the KL divergence from the largest config's predictions,
+    on every held-out image, per MAC for --flops). Every step is appended to SEARCH/trajectory.csv as it is
+    made; re-running into the same SEARCH resumes. MACs are those of conv and linear layers (the paper's "FLOPs").
     """
     from autoslim.budget import format_count
     from autoslim.search import parse_targets
@@ -40,8 +53,9 @@ def search(run_dir, flops, params, out_dir, eval_batch, calibration_batches, cri
 
     targets = parse_targets(flops, params)
     settings = SearchSettings(run=str(run_dir), targets=tuple(t.label for t in targets), criterion=criterion,
-                              eval_batch=eval_batch, calibration_batches=calibration_batches, reuse=not no_reuse,
-                              to_smallest=to_smallest, device=device)
+                              signal=signal, eval_batch=eval_batch, slice_size=slice_size or None,
+                              confidence=None if exhaustive else 3.0, calibration_batches=calibration_batches,
+                              reuse=not no_reuse, to_smallest=to_smallest, device=device)
     out = Path(out_dir) if out_dir else Path(run_dir) / "search"
     bar = progress()
     state = {}
@@ -78,6 +92,7 @@ def search(run_dir, flops, params, out_dir, eval_batch, calibration_batches, cri
                          "uniform acc", "config"], rows,
                         justify_right={"step", "MACs", "params", "accuracy", "uniform MACs", "uniform acc"}))
     console.print(f"Pareto plot: {out / 'pareto.png'}  (accuracy on the held-out search batch)")
+    console.print(f"Each step chosen by {result.summary['decided_by']}.")
     leads = result.summary.get("choices")
     if leads:
         console.print(f"The best candidate led the runner-up by a median of {leads['median_images']:g} of "

@@ -46,6 +46,21 @@ def test_search_writes_configs_meeting_each_target(run_dir, tmp_path):
     macs = [int(row["macs"]) for row in _rows(out / "trajectory.csv")]
     assert all(b < a for a, b in zip(macs, macs[1:]))
     assert "flops-500k" in result.output
+    assert (summary["criterion"], summary["signal"]) == ("drop-per-cost", "kl")
+    assert "KL divergence" in summary["decided_by"] and "per unit of the targeted cost" in summary["decided_by"]
+    assert summary["decided_by"] in " ".join(result.output.split())
+    assert all(row["kl"] for row in _rows(out / "trajectory.csv"))
+    assert summary["work"]["batch"] == 144  # all of the held-out split (10% of the 1,437 digits training images)
+    assert summary["work"]["slices"] == 1 and "choices" not in summary
+
+
+def test_the_papers_criterion_reports_how_narrowly_it_chose(run_dir, tmp_path):
+    out = tmp_path / "search"
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "1M", "--criterion", "accuracy",
+                                      "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert "the paper's rule" in summary["decided_by"]
     batch, choices = summary["work"]["batch"], summary["choices"]
     leads = [round((float(r["score"]) - float(r["runner_up"])) * batch) for r in _rows(out / "trajectory.csv")
              if r["runner_up"]]

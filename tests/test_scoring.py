@@ -58,7 +58,8 @@ class _ConcatNet(nn.Module):
 def _trajectory(supernet, images, labels, reuse, **kwargs):
     scorer = BatchScorer(supernet, images, labels, reuse=reuse, **kwargs)
     choices = {u.name: u.choices for u in supernet.slimmable_units}
-    steps = list(greedy_search(supernet.largest_config(), choices, lambda c: tuple(supernet.cost(c)), scorer))
+    steps = list(greedy_search(supernet.largest_config(), choices, lambda c: tuple(supernet.cost(c)), scorer,
+                               criterion="accuracy"))
     return steps, scorer
 
 
@@ -146,3 +147,26 @@ def test_layer_scale_networks_are_scored_whole():
     supernet.set_config({"stem": 8, "up": 12})
     assert supernet.model.layer_scale.shape == (8, 1, 1) and supernet.model.norm.active == 8
     assert supernet.model._parameters["layer_scale"].shape == (16, 1, 1)  # the stored parameter stays whole
+
+
+def test_reuse_is_exact_when_a_later_call_scores_candidates_the_cached_call_did_not():
+    # The sliced scorer drops candidates on later slices, so a slice's scorer may see a unit start point at one
+    # step that its previous call did not have; the cache must not serve tensors it never kept for it.
+    supernet = convert(_GatedNet(), input_size=8, divisor=4).eval()
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    largest = supernet.largest_config()
+    units = [u.name for u in supernet.slimmable_units]
+
+    def shrunk(config, name):
+        out = dict(config)
+        out[name] = sorted(c for c in supernet.unit(name).choices if c < config[name])[-1]
+        return out
+
+    reuse, plain = BatchScorer(supernet, images, labels), BatchScorer(supernet, images, labels, reuse=False)
+    last = units[-1]
+    reuse.logits(largest, [(last, shrunk(largest, last))])  # only the deepest unit: a late start point cached
+    current = shrunk(largest, last)
+    candidates = [(name, shrunk(current, name)) for name in units]
+    for a, b in zip(reuse.logits(current, candidates), plain.logits(current, candidates)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -47,7 +47,7 @@ def planted(penalties, calls=None):
         scores = []
         for _, config in candidates:
             accuracy = 0.9 - sum(p * (START[u] - config[u]) for u, p in penalties.items())
-            scores.append(Score(accuracy=accuracy, loss=1.0 - accuracy))
+            scores.append(Score(accuracy=accuracy, loss=1.0 - accuracy, kl=0.9 - accuracy))
         return scores
 
     return evaluate
@@ -96,6 +96,8 @@ def test_step_records_the_change_and_its_cost():
         changed = {u for u in START if after.config[u] != before.config[u]}
         assert changed == {after.unit}
         assert (after.macs, after.params) == chain_cost(after.config)
+        assert after.score == pytest.approx((after.kl - before.kl) / (before.macs - after.macs))  # KL gained per MAC saved
+    for after in run(criterion="accuracy")[1:]:
         assert after.score == after.accuracy
 
 
@@ -154,13 +156,13 @@ def test_loss_breaks_accuracy_ties_then_unit_order():
     def evaluate(current, candidates):
         return [Score(0.5, 0.3 if unit == "c" else 0.4) for unit, _ in candidates]
 
-    steps = list(itertools.islice(greedy_search(START, CHOICES, chain_cost, evaluate), 2))
+    steps = list(itertools.islice(greedy_search(START, CHOICES, chain_cost, evaluate, criterion="accuracy"), 2))
     assert steps[1].unit == "c"
 
     def flat(current, candidates):
         return [Score(0.5, 0.4) for _ in candidates]
 
-    steps = list(itertools.islice(greedy_search(START, CHOICES, chain_cost, flat), 2))
+    steps = list(itertools.islice(greedy_search(START, CHOICES, chain_cost, flat, criterion="accuracy"), 2))
     assert steps[1].unit == "a"
 
 
@@ -356,7 +358,7 @@ def test_pareto_front_of_a_trajectory_keeps_its_best_points():
 
 def test_each_step_records_the_runner_up_of_its_criterion():
     # a costs 0.01 per channel, c 0.02, b and d nothing: from the start, b or d (0.9) lead; then b, d, a...
-    steps = run()
+    steps = run(criterion="accuracy")
     assert steps[0].runner_up is None
     first = steps[1]
     assert first.unit == "b" and first.score == pytest.approx(0.9)
@@ -366,7 +368,7 @@ def test_each_step_records_the_runner_up_of_its_criterion():
 
 
 def test_choice_leads_count_ties_and_narrow_leads_in_images():
-    steps = run()
+    steps = run(criterion="accuracy")
     leads = choice_leads(steps, batch=1000)
     with_runner_up = [s for s in steps if s.runner_up is not None]
     images = [round((s.score - s.runner_up) * 1000) for s in with_runner_up]
@@ -379,8 +381,8 @@ def test_choice_leads_count_ties_and_narrow_leads_in_images():
 
 def test_a_trajectory_without_the_runner_up_column_is_read_and_upgraded(tmp_path):
     path = tmp_path / "trajectory.csv"
-    steps = run()[:4]
-    old_columns = [c for c in TRAJECTORY_COLUMNS if c != "runner_up"]
+    steps = run(criterion="drop-per-mac")[:4]
+    old_columns = [c for c in TRAJECTORY_COLUMNS if c not in ("runner_up", "kl")]
     rows = [",".join(old_columns)]
     for s in steps:
         row = dict(step=s.step, unit=s.unit or "", channels="" if s.channels is None else s.channels, macs=s.macs,
@@ -396,7 +398,9 @@ def test_a_trajectory_without_the_runner_up_column_is_read_and_upgraded(tmp_path
 
     back = read_trajectory(path, START, repair=True)
     assert path.read_text().splitlines()[0] == ",".join(TRAJECTORY_COLUMNS)
-    rest = list(greedy_search(START, CHOICES, chain_cost, EVALUATE, history=back))
+    rest = list(greedy_search(START, CHOICES, chain_cost, EVALUATE, history=back, criterion="drop-per-mac"))
     for step in rest:
         append_step(path, step)
-    assert [s.config for s in read_trajectory(path, START)] == [s.config for s in run()]
+    assert [s.config for s in read_trajectory(path, START)] == [s.config for s in run(criterion="drop-per-mac")]
+    with pytest.raises(ValueError, match="no KL divergence"):  # the default signal needs what it never recorded
+        next(greedy_search(START, CHOICES, chain_cost, EVALUATE, history=back))
