@@ -1,12 +1,20 @@
-"""A whole greedy search with activation reuse against the plain loop (issue 4, "Done means").
+"""Search speed: scoring on every held-out image (in slices, dropping candidates that cannot win) against the
+2,048-image search, on the same trained supernet, one process, one after the other.
 
-Both searches run on the same trained supernet, the same held-out batch and the same target. The script
-prints wall time, MACs executed and conv/linear layer calls (each over the whole batch) of each, their
-ratios, and whether the two trajectories are identical.
+Searches (all with the default criterion and signal unless --signal says otherwise; ``--only`` picks some):
 
-    python benchmarks/bench_search.py RUN [--flops 20M] [--eval-batch 2048] [--threads 2]
+- ``batch2048``: the first 2,048 held-out images, every candidate scored on all of them;
+- ``all``: every held-out image, every candidate scored on all of them (the exhaustive all-images search);
+- ``all-bound``: every held-out image, candidates that a 3-standard-error bound shows cannot win dropped after
+  each slice (the default search);
+- ``plain``: ``all-bound`` without activation reuse (every candidate run from the input).
 
-Target: at least 2x less work with reuse, the same trajectory. Figures, not a test.
+For each it prints wall time, multiply-adds executed, candidate-images scored and candidates dropped, then the
+ratios to ``batch2048`` and whether ``all-bound`` made the same choices as ``all`` (the bound's only risk).
+
+    python benchmarks/bench_search.py RUN [--flops 20M] [--threads 1] [--only batch2048,all-bound]
+
+Figures, not a test.
 """
 
 from __future__ import annotations
@@ -22,35 +30,54 @@ from autoslim.budget import format_count
 from autoslim.search import parse_targets
 from autoslim.slimming import SearchSettings, search_run
 
+SEARCHES = {
+    "batch2048": dict(eval_batch=2048, confidence=None),
+    "all": dict(confidence=None),
+    "all-bound": dict(),
+    "plain": dict(reuse=False),
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a supernet training run directory")
     parser.add_argument("--flops", default="20M", help="MACs target (default 20M)")
-    parser.add_argument("--eval-batch", type=int, default=2048)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plain-first", action="store_true", help="run the plain loop first")
+    parser.add_argument("--signal", default="kl")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="batch2048,all,all-bound", help="comma-separated searches to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     targets = parse_targets([args.flops], [])
+    names = args.only.split(",")
+    unknown = [n for n in names if n not in SEARCHES]
+    if unknown:
+        parser.error(f"unknown searches {unknown}: choose from {', '.join(SEARCHES)}")
     results = {}
-    order = (False, True) if args.plain_first else (True, False)
     with tempfile.TemporaryDirectory() as scratch:
-        for reuse in order:
-            settings = SearchSettings(run=args.run, eval_batch=args.eval_batch, reuse=reuse, device="cpu")
+        for name in names:
+            settings = SearchSettings(run=args.run, signal=args.signal, device="cpu", **SEARCHES[name])
             started = time.perf_counter()
-            result = search_run(settings, Path(scratch) / f"reuse-{reuse}", targets)
-            results[reuse] = (result, time.perf_counter() - started)
+            result = search_run(settings, Path(scratch) / name, targets)
+            command = time.perf_counter() - started
+            results[name] = result
             work = result.work
-            print(f"{'reuse' if reuse else 'plain':>5}: {len(result.steps) - 1} steps to "
-                  f"{format_count(result.steps[-1].macs)} MACs, search {work['seconds']:.1f} s "
-                  f"(command {results[reuse][1]:.1f} s), {work['macs_executed'] / 1e12:.3f} TMAC executed, "
-                  f"{work['layer_calls']} layer calls over {work['batch']} images", flush=True)
-    (fast, fast_time), (plain, plain_time) = results[True], results[False]
-    print(f"identical trajectories: {fast.steps == plain.steps}")
-    print(f"plain / reuse: wall {plain.work['seconds'] / fast.work['seconds']:.2f}x, "
-          f"MACs {plain.work['macs_executed'] / fast.work['macs_executed']:.2f}x, "
-          f"layer calls {plain.work['layer_calls'] / fast.work['layer_calls']:.2f}x")
+            print(f"{name:>10}: {len(result.steps) - 1} steps to {format_count(result.steps[-1].macs)} MACs on "
+                  f"{work['batch']} images in {work['slices']} slices; search {work['seconds']:.1f} s (command "
+                  f"{command:.1f} s), {work['macs_executed'] / 1e12:.3f} TMAC executed, {work['layer_calls']} layer "
+                  f"calls, {work['candidates_dropped'] or 0} candidates dropped early", flush=True)
+    base = results.get("batch2048")
+    if base is not None:
+        for name, result in results.items():
+            if name != "batch2048":
+                print(f"{name} / batch2048: wall {result.work['seconds'] / base.work['seconds']:.2f}x, "
+                      f"MACs {result.work['macs_executed'] / base.work['macs_executed']:.2f}x")
+    if "all" in results and "all-bound" in results:
+        same = [s.config for s in results["all"].steps] == [s.config for s in results["all-bound"].steps]
+        print(f"all-bound made the same choices as all: {same}")
+        if not same:
+            first = next(i for i, (a, b) in enumerate(zip(results["all"].steps, results["all-bound"].steps))
+                         if a.config != b.config)
+            print(f"  first difference at step {first}")
 
 
 if __name__ == "__main__":

@@ -48,28 +48,34 @@ def print_frame(frame, title: str | None = None, right: set[str] | None = None) 
 
 
 class _LoggedProgress(Progress):
-    """A progress bar that, when output is not a terminal (nohup, CI, a pipe), prints a plain line instead at
-    most every ``every`` seconds: rich draws nothing there until the end."""
+    """A progress bar that, when output is not a terminal (nohup, CI, a pipe), draws nothing and prints a plain
+    line instead at most every ``every`` seconds, and once when a task finishes; never the same line twice."""
 
     every = 30.0
+
+    def __init__(self, *columns, console: Console, **options) -> None:
+        super().__init__(*columns, console=console, disable=not console.is_terminal, **options)
 
     def update(self, task_id, **kwargs) -> None:  # type: ignore[override]
         super().update(task_id, **kwargs)
         if self.console.is_terminal:
             return
         task = self._tasks.get(task_id)
-        if task is None:
+        if task is None or task.fields.get("_logged_done"):
             return
         now = task.get_time()
         last = task.fields.get("_logged_at")
         finished = task.total is not None and task.completed >= task.total
         if last is not None and now - last < self.every and not finished:
             return
-        task.fields["_logged_at"] = now
         eta = task.time_remaining
-        self.console.print(f"{task.description}: {task.completed:,.0f}/{task.total or 0:,.0f} "
-                           f"{task.fields.get('info', '')} elapsed {_clock(task.elapsed)}"
-                           f"{'' if eta is None else ' eta ' + _clock(eta)}", highlight=False)
+        line = (f"{task.description}: {task.completed:,.0f}/{task.total or 0:,.0f} {task.fields.get('info', '')} "
+                f"elapsed {_clock(task.elapsed)}{'' if eta is None or finished else ' eta ' + _clock(eta)}")
+        task.fields["_logged_at"] = now
+        task.fields["_logged_done"] = finished
+        if line != task.fields.get("_logged_line"):
+            task.fields["_logged_line"] = line
+            self.console.print(line, highlight=False)
 
 
 def _clock(seconds: float | None) -> str:

@@ -40,17 +40,15 @@ def spaces(units_of: str | None, input_size: int | None, width_mult: float | Non
         return
     if width_mult is not None or num_classes is not None:
         raise click.UsageError("--width-mult and --num-classes apply to one space: give --units SPACE")
+    if input_size is not None:
+        raise click.UsageError("--input-size applies to one space: give --units SPACE")
     rows = []
-    for name in list_spaces():
+    for name in list_spaces():  # read from their YAML files only: tracing every space would take seconds
         space = load_space(name)
-        supernet = build_supernet(space, input_size=input_size)
-        size = input_size or space.input_size
-        largest, smallest = supernet.cost(), supernet.cost(supernet.smallest_config())
+        size = space.input_size
         rows.append([name, f"{space.builder.split(':')[-1]} {space.width_mult:g}x", f"{space.in_channels}x{size}x{size}",
-                     f"{len(supernet.slimmable_units)} / {len(supernet.frozen_units)}",
-                     format_count(largest.macs), format_count(largest.params),
-                     format_count(smallest.macs), format_count(smallest.params), space.dataset])
-    console.print(table("search spaces (MACs of conv and linear layers)",
-                        ["space", "model", "input", "units slim/frozen", "largest MACs", "params",
-                         "smallest MACs", "params", "dataset"], rows,
-                        justify_right={"largest MACs", "params", "smallest MACs"}))
+                     str(space.num_classes), space.dataset, space.description])
+    console.print(table("search spaces (autoslim spaces --units NAME lists one's channel units and cost)",
+                        ["space", "supernet", "input", "classes", "dataset", "description"], rows))
+    console.print("Also: torchvision:NAME (any torchvision classification model), path/to/file.py:function "
+                  "(a function returning your nn.Module), or a YAML file.")

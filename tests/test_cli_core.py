@@ -119,3 +119,25 @@ def test_progress_prints_periodic_lines_when_not_a_terminal():
     lines = [line for line in out.getvalue().splitlines() if line.startswith("epoch 1/3:")]
     assert [line.split()[2] for line in lines] == ["1/100", "31/100", "61/100", "91/100", "100/100"]
     assert "eta" in lines[1] and "loss 31" in lines[1]
+
+
+def test_progress_never_prints_a_line_twice_when_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from cli.console import _LoggedProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    with _LoggedProgress(console=Console(file=out, width=120), get_time=lambda: now[0]) as bar:
+        task = bar.add_task("search", total=10, info="")
+        for step in range(1, 11):
+            now[0] = step * 40.0
+            bar.update(task, completed=step, info="same")
+        for _ in range(3):  # callers update a finished task again (the last step, a final summary)
+            now[0] += 40.0
+            bar.update(task, completed=10, info="same")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(set(lines)) == 10
+    assert lines[-1].startswith("search: 10/10") and "eta" not in lines[-1]

@@ -56,6 +56,9 @@ for name, target_name in copied:
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+default_search = runs / "default" / "search"
+if (default_search / "summary.json").exists():  # autoslim's default search (reproduce.sh stage `default`)
+    variant_searches.append(default_search)
 for search in variant_searches:  # finished: a search writes its summary last
     target = results / search.relative_to(runs)
     (target / "configs").mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,7 @@ collect("retrain/flops-*", "retrain", lambda s: s.get("finished") and (s.get("ba
 collect("bracket/uniform-*x", "bracket", lambda s: s.get("finished"))
 for variant in sorted(runs.glob("variants/*")):
     collect(f"variants/{variant.name}/retrain/flops-*", f"variants/{variant.name}/retrain", lambda s: s.get("finished"))
+collect("default/retrain/flops-*", "default/retrain", lambda s: s.get("finished"))
 for config in sorted(runs.glob("bracket/uniform-*x.yaml")):  # autoslim cost --width W --save-config
     if (results / "bracket" / config.stem).is_dir():
         shutil.copyfile(config, results / "bracket" / config.name)
@@ -289,6 +293,34 @@ def variants(rows: list[dict], brackets: list[dict]) -> list[dict]:
     return table
 
 
+def default(rows: list[dict], brackets: list[dict]) -> list[str]:
+    """RESULTS/default.csv and its markdown lines: autoslim's default search (RESULTS/default), each config's mean test
+    accuracy over its seeds against the uniform line at its MACs (as line.csv computes it)."""
+    summary_path = results / "default" / "search" / "summary.json"
+    points = uniform_points(rows, brackets)
+    if not summary_path.exists() or len(points) < 2:
+        return []
+    by_macs = [(m, a) for m, _, a in points]
+    summary = json.loads(summary_path.read_text())
+    table = []
+    for budget, target in sorted(summary["targets"].items(), key=lambda item: parse_budget(item[0][6:])):
+        trained = [json.loads(p.read_text()) for p in sorted((results / "default" / "retrain" / budget).glob("seed*.json"))]
+        if not trained:
+            continue
+        mean, sd = stats(trained)
+        at, _ = line_at(by_macs, target["macs"])
+        table.append({"budget": budget.removeprefix("flops-"), "macs": target["macs"], "params": target["params"],
+                      "seeds": len(trained), "acc_mean": mean, "acc_sd": sd, "uniform_at_macs": round(at, 2),
+                      "diff_macs": round(mean - at, 2)})
+    if not table:
+        return []
+    return write("default", table, ["budget", "MACs", "params", "seeds", "accuracy % (mean ± sd)",
+                                    "uniform line at its MACs", "difference"],
+                 lambda r: [r["budget"], millions(r["macs"]), thousands(r["params"]), str(r["seeds"]),
+                            f"{r['acc_mean']:.2f} ± {r['acc_sd']:.2f}", f"{r['uniform_at_macs']:.2f}",
+                            f"{r['diff_macs']:+.2f}"])
+
+
 def plot(rows: list[dict], brackets: list[dict], variant_rows: list[dict]) -> None:
     """RESULTS/retrained.png: mean test accuracy (bars: sd over seeds) of the searched configs and the retrained
     variants against the uniform networks (baselines and brackets, joined by a line), by MACs and by params."""
@@ -343,6 +375,10 @@ def supernets() -> list[str]:
                             f"{r['variants_largest']:.2f}", f"{r['variants_smallest']:.2f}"])
 
 
+default_lines = default(rows, brackets)
+if default_lines:
+    lines += ["", "autoslim's default search (reproduce.sh stage `default`), each config retrained, against the uniform "
+              "line at its MACs:", ""] + default_lines
 line_lines = against_line(rows, brackets)
 if line_lines:
     lines += ["", "Each searched config against the straight line through the retrained uniform networks (\">=\": beyond "

@@ -15,6 +15,9 @@
 #                                                       # and retrain what it finds
 #   STAGES=variants VARIANTS=batch5000 VARIANT_SUPERNET=results/cifar10_resnet20/variants/supernet \
 #     PARALLEL=1 results/cifar10_resnet20/reproduce.sh   # the same, on the committed supernet (no training)
+#   STAGES=default results/cifar10_resnet20/reproduce.sh # autoslim's default search on the committed supernet,
+#                                                       # each config retrained (default.csv)
+#   STAGES=schedule results/cifar10_resnet20/reproduce.sh # a 10-epoch supernet with --schedule one-cycle
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 AUTOSLIM=${AUTOSLIM:-.venv/bin/autoslim}
@@ -27,7 +30,7 @@ BUDGETS=${BUDGETS:-"40M 20M 10M"}
 DATA=${DATA:-data/cifar10.npz}
 RUNS=${RUNS:-runs/cifar10_resnet20}
 RESULTS=results/cifar10_resnet20
-STAGES=${STAGES:-"supernet search retrain bracket variants"}   # any subset, in this order
+STAGES=${STAGES:-"supernet search retrain bracket variants default schedule"}   # any subset, in this order
 # bracket: the uniform network just above each searched config (the retrain stage's baseline is the one just
 # below): 0.41x (8.94M MACs) above the 10M config, 0.69x (29.6M) above 20M, 1.06x (40.8M, the same channels as 1.0x) above 40M
 BRACKET_WIDTHS=${BRACKET_WIDTHS:-"0.41 0.69 1.06"}
@@ -39,12 +42,18 @@ VARIANTS=${VARIANTS:-"drop-per-mac batch5000"}
 # the supernet the variants search: the one trained here by default, or the committed weights-only copy of the one
 # they searched so far (VARIANT_SUPERNET=results/cifar10_resnet20/variants/supernet), which needs no training
 VARIANT_SUPERNET=${VARIANT_SUPERNET:-$RUNS/supernet}
+# default: autoslim search with its defaults only, on the committed weights-only supernet (or DEFAULT_SUPERNET),
+# each config retrained for every seed against the uniform line of the retrained uniform widths
+DEFAULT_SUPERNET=${DEFAULT_SUPERNET:-$RESULTS/variants/supernet}
+# The searches of autoslim 0.x (the first search and the variants) scored one batch of 2,048 held-out images
+# with BatchNorm statistics of that batch, under the paper's accuracy criterion unless a variant says otherwise.
+OLD_SEARCH="--slice 0 --eval-batch 2048 --criterion accuracy"
 variant_flags() {
   case $1 in
-    accuracy) echo "" ;;
-    drop-per-mac) echo "--criterion drop-per-mac" ;;
-    batch5000) echo "--eval-batch 5000" ;;          # all of the held-out split
-    drop-per-mac-batch5000) echo "--criterion drop-per-mac --eval-batch 5000" ;;
+    accuracy) echo "$OLD_SEARCH" ;;
+    drop-per-mac) echo "--slice 0 --eval-batch 2048 --criterion drop-per-mac" ;;
+    batch5000) echo "--slice 0 --eval-batch 5000 --criterion accuracy" ;;          # all of the held-out split
+    drop-per-mac-batch5000) echo "--slice 0 --eval-batch 5000 --criterion drop-per-mac" ;;
     *) echo "unknown variant $1 (accuracy, drop-per-mac, batch5000, drop-per-mac-batch5000)" >&2; return 1 ;;
   esac
 }
@@ -71,7 +80,8 @@ fi
 flops=(); for b in $BUDGETS; do flops+=(--flops "$b"); done
 if has_stage search; then
   log "search: $BUDGETS"
-  "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" --device "$DEVICE" --out "$RUNS/search"
+  # shellcheck disable=SC2086  # the flags are words
+  "$AUTOSLIM" search "$RUNS/supernet" "${flops[@]}" $OLD_SEARCH --device "$DEVICE" --out "$RUNS/search"
 fi
 
 retrain_seed() {
@@ -151,6 +161,39 @@ if has_stage variants; then
       --out "$RUNS/variants/$v/search"
   done
   run_seeds variants variant_seed
+fi
+
+default_seed() {
+  local seed=$1 config
+  for b in $BUDGETS; do
+    config="$RUNS/default/search/configs/flops-$b.yaml"
+    [ -f "$config" ] || config="$RESULTS/default/search/configs/flops-$b.yaml"   # the committed search
+    if [ -f "$RESULTS/default/retrain/flops-$b/seed$seed.json" ] && [ ! -d "$RUNS/default/retrain/flops-$b/seed$seed" ]; then
+      log "default flops-$b seed $seed: retrained already (its summary is in $RESULTS)"
+      continue
+    fi
+    log "retrain default flops-$b seed $seed, $RETRAIN_EPOCHS epochs"
+    "$AUTOSLIM" retrain "$config" --epochs "$RETRAIN_EPOCHS" --dataset cifar10 --data-dir "$DATA" --seed "$seed" \
+      --device "$DEVICE" --out "$RUNS/default/retrain/flops-$b/seed$seed"
+  done
+}
+if has_stage default; then
+  if searched_all "$RUNS/default/search/summary.json"; then
+    log "default search: already done, its configs are in $RUNS/default/search"
+  elif [ ! -d "$RUNS/default/search" ] && searched_all "$RESULTS/default/search/summary.json"; then
+    log "default search: already done, its configs are in $RESULTS/default/search"
+  else
+    log "default search: $BUDGETS, autoslim's defaults"
+    "$AUTOSLIM" search "$DEFAULT_SUPERNET" "${flops[@]}" --device "$DEVICE" --data-dir "$DATA" --out "$RUNS/default/search"
+  fi
+  run_seeds default default_seed
+fi
+
+if has_stage schedule; then
+  # the supernet's learning-rate schedule: one-cycle against the cosine of the supernet stage (same seed and epochs)
+  log "supernet with --schedule one-cycle: $EPOCHS epochs"
+  "$AUTOSLIM" train-supernet --space resnet20_cifar --dataset cifar10 --data-dir "$DATA" --epochs "$EPOCHS" \
+    --schedule one-cycle --device "$DEVICE" --out "$RUNS/schedule/one-cycle"
 fi
 
 log "collecting figures into $RESULTS"
