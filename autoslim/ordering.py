@@ -37,6 +37,7 @@ loss, so they are summed as they are). A mapping of unit names to per-channel sc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterable, Mapping, Union
@@ -80,8 +81,8 @@ def _spans(supernet: Supernet) -> list[_Span]:
             start += units[unit].maximum * scale
 
     for call in supernet.trace.calls:
-        if call.module in seen:  # a module called twice holds its tensors once
-            continue
+        if call.module in seen or getattr(call, "functional", False):  # a module called twice holds its tensors
+            continue  # once; a layer computing its own op has its tensors in ``trace.parameters``
         seen.add(call.module)
         if call.kind in ("conv", "linear"):
             add(call.module, "weight", 0, call.outputs, True)
@@ -98,8 +99,31 @@ def _spans(supernet: Supernet) -> list[_Span]:
         else:
             raise ValueError(f"internal: unknown layer kind {call.kind!r} of {call.module}")
     for use in supernet.trace.parameters:
-        spans.append(_Span(use.owner, use.name, use.dim, 0, 1, use.unit, True))
+        votes = not getattr(use, "buffer", False) and use.name != "bias"
+        for dim, segments in _parameter_dims(use):
+            add(use.owner, use.name, dim, segments, votes)
     return spans
+
+
+def _parameter_dims(use) -> tuple:
+    """``(dim, segments)`` of a :class:`~autoslim.trace.ParameterUse`: its ``dims``, or the one ``(dim, unit)`` of
+    the earlier form that had no ``dims``."""
+    if hasattr(use, "dims"):
+        return use.dims
+    return ((use.dim, ((use.unit, 1),)),)
+
+
+def _blocks(supernet: Supernet) -> list[int]:
+    """How many consecutive channels of each unit move together: a grouped conv's group width (``unit.multiple``)
+    and, where a GroupNorm normalises the unit, its group size (a channel must stay in its group)."""
+    blocks = [unit.multiple for unit in supernet.units]
+    for use in supernet.trace.parameters:
+        owner = supernet.model.get_submodule(use.owner)
+        if isinstance(owner, nn.GroupNorm):
+            for _, segments in _parameter_dims(use):
+                for unit, _ in segments:
+                    blocks[unit] = math.lcm(blocks[unit], owner.num_channels // owner.num_groups)
+    return blocks
 
 
 def _tensor(model: nn.Module, span: _Span) -> Tensor | None:
@@ -268,10 +292,11 @@ def sort_channels(supernet: Supernet, *, importance: Importance = "magnitude",
                 raise ValueError(f"unit {name!r} has {unit.maximum} channels, got {values.numel()} scores")
             scores[name] = values
     index = supernet.trace.unit_index()
+    blocks = _blocks(supernet)
     perms: dict[int, Tensor] = {}
     for name, values in scores.items():
         unit = supernet.units[index[name]]
-        perm = _order(values, unit.multiple)
+        perm = _order(values, blocks[index[name]])
         if not torch.equal(perm, torch.arange(unit.maximum)):
             perms[index[name]] = perm
     _apply(supernet, spans, perms)
