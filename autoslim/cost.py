@@ -52,7 +52,7 @@ class CostModel:
             else:
                 per = 0
             self._calls.append((call.kind, call.inputs, call.out_unit, per, groups, width, not call.train_only))
-            if call.module in seen:
+            if call.module in seen or call.functional:  # a functional call's parameters are parameter uses
                 continue
             seen.add(call.module)
             counted += sum(p.numel() for p in module.parameters(recurse=False))
@@ -62,9 +62,18 @@ class CostModel:
             else:
                 self._layers.append((call.kind, call.inputs, call.out_unit, per, int(module.bias is not None), groups,
                                      width))
-        for use in trace.parameters:  # per-channel parameters used directly (layer scale)
-            counted += modules[use.owner]._parameters[use.name].numel()
-            self._layers.append(("bn", ((use.unit, 1),), use.unit, use.per_channel, 0, 1, 1))
+        # parameters used directly (layer scale, a functional norm's or linear layer's): their elements per
+        # combination of sliced channels, and the units along each sliced dimension
+        self._parameters: list[tuple[int, list[tuple]]] = []
+        maxima = [unit.maximum for unit in trace.units]
+        for use in trace.parameters:
+            if use.buffer:
+                continue
+            numel = modules[use.owner]._parameters[use.name].numel()
+            counted += numel
+            for _, segments in use.dims:
+                numel //= input_count(segments, maxima)
+            self._parameters.append((numel, [segments for _, segments in use.dims]))
         self._fixed_params = count_parameters(modules[""]) - counted
         self._spatial: dict[int, list[int]] = {trace.input_size: [c.out_spatial for c in trace.calls]}
 
@@ -100,6 +109,10 @@ class CostModel:
                 params += n_in * (width * per + bias)
             else:
                 params += counts[o] * ((n_in // groups) * per + bias)
+        for numel, dims in self._parameters:
+            for segments in dims:
+                numel *= input_count(segments, counts)
+            params += numel
         return Cost(macs, params)
 
 

@@ -284,44 +284,84 @@ def to_slim(module: nn.Module) -> nn.Module:
 
 
 class _SlicedParameters:
-    """Mixin for a module whose forward uses per-channel parameters directly (ConvNeXt's ``layer_scale``):
-    reading such a parameter gives its first ``active`` channels along its channel dimension."""
+    """Mixin for a module whose forward uses its parameters or buffers directly (ConvNeXt's ``layer_scale``,
+    a norm-and-activation layer calling ``F.batch_norm`` on its own statistics, a linear layer calling
+    ``F.linear``): reading such a tensor gives its active channels along each sliced dimension, a prefix (a
+    view) or, for a concatenation read at a prefix of every part, the gathered spans.
+
+    Buffers gathered from spans are copies: what the forward writes into them (BatchNorm's running
+    statistics in training mode) is written back when the call returns.
+    """
 
     def __getattr__(self, name: str):
-        value = super().__getattr__(name)  # type: ignore[misc]  # nn.Module finds parameters here
-        spec = self.__dict__.get("_sliced_parameters", {}).get(name)
-        if spec is not None and isinstance(value, Tensor) and spec[1] < value.shape[spec[0]]:
-            value = value.narrow(spec[0], 0, spec[1])
+        value = super().__getattr__(name)  # type: ignore[misc]  # nn.Module finds parameters and buffers here
+        specs = self.__dict__.get("_sliced_parameters", {}).get(name)
+        if specs is None or not isinstance(value, Tensor):
+            return value
+        for dim, (size, count, gather) in specs.items():
+            if gather is not None:
+                index = gather.index(value.device)
+                if name in self._buffers:
+                    gathered = self.__dict__.get("_gathered")
+                    if gathered is not None:
+                        value = value.index_select(dim, index)
+                        gathered.append((name, dim, index, value))
+                        continue
+                value = value.index_select(dim, index)
+            elif count < size:
+                value = value.narrow(dim, 0, count)
         return value
+
+    def __call__(self, *args, **kwargs):
+        self.__dict__["_gathered"] = []
+        try:
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            gathered = self.__dict__.pop("_gathered")
+            if gathered and self.training:
+                with torch.no_grad():
+                    for name, dim, index, value in gathered:
+                        self._buffers[name].index_copy_(dim, index, value)
 
 
 _SLICED_CLASSES: dict[type, type] = {}
 
 
-def slice_parameters(module: nn.Module, name: str, dim: int) -> None:
-    """Make ``module.<name>`` (a parameter) read as a prefix along ``dim``; :func:`set_parameter_count` sets it."""
+def slice_parameters(module: nn.Module, name: str, dims: Sequence[int]) -> None:
+    """Make ``module.<name>`` (a parameter or buffer) read as its active channels along ``dims``;
+    :func:`set_parameter_count` sets them."""
     kind = type(module)
     if not isinstance(module, _SlicedParameters):
         if kind not in _SLICED_CLASSES:
             _SLICED_CLASSES[kind] = type(f"Sliced{kind.__name__}", (_SlicedParameters, kind), {"__module__": __name__})
         module.__dict__["_unsliced_type"] = kind
         module.__class__ = _SLICED_CLASSES[kind]
-    module.__dict__.setdefault("_sliced_parameters", {})[name] = [dim, module._parameters[name].shape[dim]]
+    tensor = module._parameters[name] if name in module._parameters else module._buffers[name]
+    specs = module.__dict__.setdefault("_sliced_parameters", {}).setdefault(name, {})
+    for dim in dims:
+        specs[dim] = (tensor.shape[dim], tensor.shape[dim], None)
 
 
-def set_parameter_count(module: nn.Module, name: str, count: int) -> None:
-    module.__dict__["_sliced_parameters"][name][1] = count
+def set_parameter_count(module: nn.Module, name: str, dim: int, count: int, ranges: Ranges = None) -> None:
+    """Read ``module.<name>`` at ``count`` channels along ``dim``: the first ones, or those in ``ranges``."""
+    specs = module.__dict__["_sliced_parameters"][name]
+    size = specs[dim][0]
+    specs[dim] = (size, count, _gather(module, ranges, count) if ranges is not None else None)
 
 
 def unslice_parameters(module: nn.Module) -> nn.Module:
-    """Turn a module of :func:`slice_parameters` back into its own class, its parameters cut to the active
-    counts (copies)."""
-    specs = module.__dict__.pop("_sliced_parameters", None)
-    if specs is None:
+    """Turn a module of :func:`slice_parameters` back into its own class, its parameters and buffers cut to the
+    active counts (copies)."""
+    if "_sliced_parameters" not in module.__dict__:
         return module
     with torch.no_grad():
-        for name, (dim, count) in specs.items():
-            value = module._parameters[name]
-            module._parameters[name] = nn.Parameter(value.narrow(dim, 0, count).clone(), value.requires_grad)
+        values = {name: getattr(module, name) for name in module.__dict__["_sliced_parameters"]}
+        for name, value in values.items():
+            if name in module._parameters:
+                old = module._parameters[name]
+                module._parameters[name] = nn.Parameter(value.detach().clone(), old.requires_grad)
+            else:
+                module._buffers[name] = value.detach().clone()
+    del module.__dict__["_sliced_parameters"]
     module.__class__ = module.__dict__.pop("_unsliced_type")
     return module

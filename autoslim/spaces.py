@@ -7,7 +7,8 @@ networks and the CIFAR spaces, 1.0 for ResNet-50, as in AutoSlim Table 1), ``gro
 Every space, and any user model, becomes a supernet through :func:`autoslim.supernet.convert`.
 
 Besides the bundled names, a space may be given as a path to a YAML file of the same form,
-``torchvision:NAME`` (any torchvision classification builder) or ``path/to/file.py:function``.
+``torchvision:NAME`` (any torchvision classification builder), ``timm:NAME`` (any timm model, built with
+``pretrained=False``: no weights are downloaded) or ``path/to/file.py:function``.
 """
 
 from __future__ import annotations
@@ -78,13 +79,15 @@ def list_spaces() -> list[str]:
 
 
 def load_space(name: str) -> SearchSpace:
-    """Load a space by bundled name, YAML path, ``torchvision:NAME`` or ``file.py:function``.
+    """Load a space by bundled name, YAML path, ``torchvision:NAME``, ``timm:NAME`` or ``file.py:function``.
 
     Raises:
         ValueError: unknown space (listing the known ones), an unknown key or a bad value in its YAML.
     """
     if name.startswith("torchvision:"):
         return _torchvision_space(name.split(":", 1)[1])
+    if name.startswith("timm:"):
+        return _timm_space(name.split(":", 1)[1])
     if ".py:" in name:
         return SearchSpace(name=name, builder=name, description=f"user model {name}", num_classes=1000,
                            input_size=224, dataset="imagefolder")
@@ -96,7 +99,7 @@ def load_space(name: str) -> SearchSpace:
         data, space_name = read_yaml(path), name
     else:
         raise ValueError(f"unknown space {name!r}; known spaces: {', '.join(list_spaces())} "
-                         "(or a YAML path, torchvision:NAME, file.py:function)")
+                         "(or a YAML path, torchvision:NAME, timm:NAME, file.py:function)")
     return _space_from_dict(data, space_name, str(path))
 
 
@@ -136,6 +139,18 @@ def _torchvision_space(model_name: str) -> SearchSpace:
         or model_name in _TORCHVISION_WIDTH_BUILDERS else None
     return SearchSpace(name=f"torchvision:{model_name}", builder=builder, description=f"torchvision {model_name}",
                        width_arg=width_arg, dataset="imagefolder")
+
+
+def _timm_space(model_name: str) -> SearchSpace:
+    try:
+        import timm
+    except ImportError as error:
+        raise ValueError(f"timm:{model_name} needs timm: pip install 'autoslim[timm]'") from error
+    if not timm.is_model(model_name):
+        similar = timm.list_models(f"*{model_name}*")[:8] or timm.list_models()[:8]
+        raise ValueError(f"unknown timm model {model_name!r}; e.g. {', '.join(similar)}, ...")
+    return SearchSpace(name=f"timm:{model_name}", builder="timm:create_model", description=f"timm {model_name}",
+                       kwargs={"model_name": model_name, "pretrained": False}, dataset="imagefolder")
 
 
 def _resolve(builder: str) -> Callable[..., nn.Module]:

@@ -55,14 +55,14 @@ class Supernet(nn.Module):
         modules = dict(model.named_modules())
         seen: set[str] = set()
         for call in trace.calls:
-            if call.module not in seen:
+            if call.module not in seen and not call.functional:
                 seen.add(call.module)
-                starts, offset = [], 0
-                for u, scale in call.inputs:
-                    starts.append(offset)
-                    offset += self.units[u].maximum * scale
-                self._layers.append((modules[call.module], call.kind, call.inputs, call.out_unit, tuple(starts)))
-        self._sliced_parameters = [(modules[use.owner], use.name, use.unit) for use in trace.parameters]
+                self._layers.append((modules[call.module], call.kind, call.inputs, call.out_unit,
+                                     self._starts(call.inputs)))
+        # (owner, name, [(dim, units along it, start of each unit at full width)])
+        self._sliced_parameters = [(modules[use.owner], use.name, [(dim, segments, self._starts(segments))
+                                                                   for dim, segments in use.dims])
+                                   for use in trace.parameters]
         self._counts = [unit.maximum for unit in self.units]
 
     # -- configs ---------------------------------------------------------------------------------
@@ -135,10 +135,7 @@ class Supernet(nn.Module):
     def _activate(self, counts: list[int]) -> None:
         units = self.units
         for module, kind, inputs, o, starts in self._layers:
-            n_in, ranges = input_count(inputs, counts), None
-            if len(inputs) > 1 and any(counts[u] != units[u].maximum for u, _ in inputs):
-                # a concatenation read at a prefix of every part
-                ranges = tuple((start, start + counts[u] * scale) for (u, scale), start in zip(inputs, starts))
+            n_in, ranges = input_count(inputs, counts), self._ranges(inputs, starts, counts)
             if kind == "bn":
                 module.set_active(n_in, ranges)
             elif kind == "ln":
@@ -147,9 +144,24 @@ class Supernet(nn.Module):
                 module.set_active(n_in, n_in)
             else:
                 module.set_active(n_in, counts[o], ranges)
-        for owner, name, unit in self._sliced_parameters:
-            set_parameter_count(owner, name, counts[unit])
+        for owner, name, dims in self._sliced_parameters:
+            for dim, segments, starts in dims:
+                set_parameter_count(owner, name, dim, input_count(segments, counts),
+                                    self._ranges(segments, starts, counts))
         self._counts = counts
+
+    def _starts(self, segments: tuple) -> tuple[int, ...]:
+        starts, offset = [], 0
+        for u, scale in segments:
+            starts.append(offset)
+            offset += self.units[u].maximum * scale
+        return tuple(starts)
+
+    def _ranges(self, segments: tuple, starts: tuple[int, ...], counts: list[int]):
+        """The spans of a concatenation read at a prefix of every part (None: a prefix of the whole)."""
+        if len(segments) > 1 and any(counts[u] != self.units[u].maximum for u, _ in segments):
+            return tuple((start, start + counts[u] * scale) for (u, scale), start in zip(segments, starts))
+        return None
 
     @property
     def config(self) -> dict[str, int]:
@@ -229,11 +241,11 @@ def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, gr
         # maximum is one already)
         step = math.lcm(divisor, unit.multiple)
         unit.choices = unit_choices(unit.maximum, groups=groups, divisor=step, min_ratio=min_ratio)
-    slim_names = {call.module for call in trace.calls}
+    slim_names = {call.module for call in trace.calls if not call.functional}
     for name in slim_names:
         _replace(model, name, to_slim(trace.modules[name]))
     for use in trace.parameters:
-        slice_parameters(model.get_submodule(use.owner), use.name, use.dim)
+        slice_parameters(model.get_submodule(use.owner), use.name, [dim for dim, _ in use.dims])
     return Supernet(model, trace, width_mult=width_mult, uniform=uniform)
 
 

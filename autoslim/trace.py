@@ -79,6 +79,13 @@ _PERMUTE = {torch.permute}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _SPLITS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split", "unbind", "tensor_split"}
 _SHAPE_QUERIES = {"size", "dim", "numel"}
+# Functional layers that a module's own forward may call on its parameters, with their argument names.
+_FUNCTIONAL = {
+    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+    F.group_norm: ("input", "num_groups", "weight", "bias", "eps"),
+    F.linear: ("input", "weight", "bias"),
+    F.conv2d: ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+}
 
 Segment = tuple[int, int]  # (unit, scale): ``scale`` features per channel of the unit
 
@@ -113,6 +120,7 @@ class LayerCall:
     outputs: tuple[Segment, ...]
     out_spatial: int  # product of the output's non-channel dims past the batch (H * W; 1 for a linear on vectors)
     train_only: bool = False  # runs only in training mode (auxiliary heads): no part of the inference cost
+    functional: bool = False  # the module's own forward calls the op on its parameters: sliced as ParameterUse
 
     @property
     def out_unit(self) -> int:
@@ -122,13 +130,15 @@ class LayerCall:
 
 @dataclass(frozen=True)
 class ParameterUse:
-    """A per-channel parameter used directly in ``forward`` (``self.layer_scale * x``): sliced with its unit."""
+    """A parameter or buffer that ``forward`` uses directly, sliced by attribute access along the channel units of
+    some of its dimensions: ConvNeXt's layer scale (``self.gamma * x``), the statistics and affine parameters of a
+    norm layer calling ``F.batch_norm`` itself (timm's ``BatchNormAct2d``), the weight of a layer calling
+    ``F.linear`` or ``F.conv2d`` itself."""
 
     owner: str  # the module holding it
     name: str  # its attribute name
-    unit: int
-    dim: int  # its channel dimension
-    per_channel: int  # elements per channel
+    dims: tuple[tuple[int, tuple[Segment, ...]], ...]  # (dimension, the units along it, in order)
+    buffer: bool = False  # a buffer (running statistics): not a parameter of the cost
 
 
 @dataclass
@@ -305,7 +315,7 @@ class _Tracer:
         self.module_io: dict[str, tuple[Layout, Layout]] = {}  # first call of each slim-able module
         self.input_unit: Optional[int] = None
         self.untyped_reasons: dict[fx.Node, str] = {}  # why the parts of a split are frozen
-        self.parameters: dict[str, tuple[int, int, int]] = {}  # parameter target -> (unit, dim, per channel)
+        self.parameters: dict[str, dict[int, tuple[Segment, ...]]] = {}  # target -> {dim: units along it}
 
     # -- units and layouts ---------------------------------------------------------------------------------
 
@@ -419,7 +429,8 @@ class _Tracer:
             self.freeze(self.layout(arg), reason)
         self.untyped_reasons[node] = reason
 
-    def record(self, name: str, node: fx.Node, kind: str, inputs: Layout, outputs: Layout) -> None:
+    def record(self, name: str, node: fx.Node, kind: str, inputs: Layout, outputs: Layout,
+               functional: bool = False) -> None:
         """One call of a slim-able module; a module seen before (other call, other graph) keeps its units."""
         if name in self.module_io:
             first_in, first_out = self.module_io[name]
@@ -433,7 +444,7 @@ class _Tracer:
             self.module_io[name] = (inputs, outputs)
         shape = _shape(node)
         self.calls.append(dict(module=name, node=node.name, kind=kind, inputs=inputs.segments, outputs=outputs.segments,
-                               out_spatial=_positions(shape, kind), train_only=self.train_pass))
+                               out_spatial=_positions(shape, kind), train_only=self.train_pass, functional=functional))
 
     def visit_module(self, node: fx.Node, args: list[fx.Node]) -> None:
         name = str(node.target)
@@ -484,6 +495,18 @@ class _Tracer:
                 self.freeze(source, f"LayerNorm {name} normalises a concatenation")
             self.layouts[node] = source
             self.record(name, node, "ln", source, source)
+        elif isinstance(module, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) and source is not None \
+                and source.dim == 1 and self.carries(args[0], node):
+            # a norm layer torch keeps whole (GroupNorm, SyncBatchNorm): its per-channel tensors are sliced
+            if isinstance(module, nn.GroupNorm):
+                if len(source.segments) != 1 or source.segments[0][1] != 1:
+                    self.freeze(source, f"GroupNorm {name} normalises a concatenation")
+                else:
+                    self.uf.require_multiple(source.segments[0][0], module.num_groups)
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(module, attr, None) is not None:
+                    self.use_parameter(f"{name}.{attr}", {0: source.segments})
+            self.layouts[node] = source
         elif isinstance(module, _ELEMENTWISE_MODULES) and source is not None and self.carries(args[0], node):
             if isinstance(module, nn.PReLU) and module.num_parameters > 1:
                 self.freeze(source, f"PReLU {name} has a parameter per channel")
@@ -498,7 +521,9 @@ class _Tracer:
     def visit_function(self, node: fx.Node, args: list[fx.Node]) -> None:
         target = node.target
         label = _label(target)
-        if target in _BINARY or target in _BINARY_METHODS:
+        if target in _FUNCTIONAL and self.functional(node):
+            pass
+        elif target in _BINARY or target in _BINARY_METHODS:
             self.binary(node, args)
         elif (target in _ELEMENTWISE_FUNCTIONS or target in _ELEMENTWISE_METHODS or label in _ELEMENTWISE_NAMES) \
                 and len(args) == 1 and self.carries(args[0], node):
@@ -539,7 +564,7 @@ class _Tracer:
             self.freeze_all(node, f"elementwise op in {_where(node)} of {len(args)} tensors")
             return
         params = [a for a in args if a.op == "get_attr"]
-        if len(params) == 1 and self.per_channel_parameter(node, params[0], next(a for a in args if a is not params[0])):
+        if len(params) == 1 and self.module_tensor(params[0]) and self.per_channel_parameter(node, params[0], next(a for a in args if a is not params[0])):
             return
         if params:
             self.freeze_all(node, f"parameter {params[0].target} used directly in arithmetic")
@@ -575,13 +600,85 @@ class _Tracer:
             return False
         if any(int(s) != 1 for i, s in enumerate(pshape) if i != dim) or tuple(shape) != tuple(xshape):
             return False
-        unit = layout.segments[0][0]
-        target = str(param.target)
-        if target in self.parameters:
-            self.uf.union(self.parameters[target][0], unit)
-        else:
-            self.parameters[target] = (unit, dim, math.prod(int(s) for s in pshape) // channels)
+        self.use_parameter(str(param.target), {dim: layout.segments})
         self.layouts[node] = layout
+        return True
+
+    def module_tensor(self, node: fx.Node) -> bool:
+        """Whether ``node`` reads a parameter or buffer of a module (not a constant made while tracing)."""
+        owner, _, name = str(node.target).rpartition(".")
+        module = self.modules.get(owner)
+        return node.op == "get_attr" and module is not None and (name in module._parameters or name in module._buffers)
+
+    def use_parameter(self, target: str, dims: dict[int, tuple[Segment, ...]]) -> None:
+        """A parameter or buffer used directly, sliced along ``dims`` with those units (tied to earlier uses)."""
+        known = self.parameters.setdefault(target, {})
+        for dim, segments in dims.items():
+            if dim in known:
+                known[dim] = self.tie(Layout(1, known[dim]), Layout(1, segments),
+                                      f"parameter {target} used with tensors of different channels").segments
+            else:
+                known[dim] = segments
+
+    def functional(self, node: fx.Node) -> bool:
+        """A functional conv, linear or norm whose weights are module attributes (a layer subclass with its own
+        forward, such as timm's ``BatchNormAct2d`` or ``Linear``): the same rule as the module, its parameters
+        and buffers sliced by attribute. False when the call is not of that form."""
+        names = _FUNCTIONAL.get(node.target)
+        if names is None:
+            return False
+        bound = dict(zip(names, node.args))
+        bound.update(node.kwargs)
+        x = bound.get("input")
+        tensors = {k: v for k, v in bound.items() if k != "input" and isinstance(v, fx.Node)}
+        if not isinstance(x, fx.Node) or _shape(x) is None or not tensors \
+                or any(not self.module_tensor(v) or _shape(v) is None for v in tensors.values()):
+            return False
+        owners = {str(v.target).rpartition(".")[0] for v in tensors.values()}
+        if len(owners) != 1:
+            return False
+        owner = owners.pop()
+        source, shape = self.layout(x), _shape(node)
+        label = _label(node.target)
+        if label in ("batch_norm", "group_norm"):
+            if source.dim != 1 or not self.carries(x, node):
+                return False
+            channels = int(_shape(x)[1])
+            if any(tuple(_shape(v)) != (channels,) for v in tensors.values()):
+                return False
+            if label == "group_norm":
+                groups = bound.get("num_groups")
+                if not isinstance(groups, int):
+                    return False
+                if len(source.segments) != 1 or source.segments[0][1] != 1:
+                    self.freeze(source, f"group norm in {_where(node)} normalises a concatenation")
+                else:
+                    self.uf.require_multiple(source.segments[0][0], groups)
+            for v in tensors.values():
+                self.use_parameter(str(v.target), {0: source.segments})
+            self.layouts[node] = source
+            return True
+        weight = tensors.get("weight")
+        if weight is None:
+            return False
+        wshape = _shape(weight)
+        rank = len(_shape(x))
+        if label == "linear":
+            if len(wshape) != 2 or source.dim != rank - 1 or int(wshape[1]) != int(_shape(x)[-1]):
+                return False
+        elif source.dim != 1 or len(wshape) != 4 or not isinstance(self.modules.get(owner), nn.Conv2d):
+            return False
+        elif bound.get("groups", 1) != 1 or int(wshape[1]) != int(_shape(x)[1]):
+            self.freeze_all(node, f"grouped conv computed by {owner}'s own forward")
+            return True
+        out = self.new_unit(int(wshape[0]), name=owner)
+        self.producers.setdefault(out, []).append(owner)
+        result = Layout(len(shape) - 1 if label == "linear" else 1, ((out, 1),))
+        self.use_parameter(str(weight.target), {0: result.segments, 1: source.segments})
+        if isinstance(bound.get("bias"), fx.Node):
+            self.use_parameter(str(bound["bias"].target), {0: result.segments})
+        self.layouts[node] = result
+        self.record(owner, node, "linear" if label == "linear" else "conv", source, result, functional=True)
         return True
 
     def flatten(self, node: fx.Node, source: fx.Node) -> bool:
@@ -717,7 +814,7 @@ def _collect(gm: fx.GraphModule, tracer: _Tracer, in_channels: int, input_size: 
     calls: list[LayerCall] = []
     for raw in tracer.calls:
         call = LayerCall(raw["module"], raw["node"], raw["kind"], segments(raw["inputs"]), segments(raw["outputs"]),
-                         int(raw["out_spatial"]), raw["train_only"])
+                         int(raw["out_spatial"]), raw["train_only"], raw["functional"])
         calls.append(call)
         if call.kind in ("bn", "dwconv", "ln"):
             for u, _ in call.outputs:
@@ -740,10 +837,14 @@ def _collect(gm: fx.GraphModule, tracer: _Tracer, in_channels: int, input_size: 
     _dedupe_names(units)
     node_layouts = {node.name: Layout(layout.dim, segments(layout.segments)) for node, layout in layouts.items()}
     parameters = []
-    for target, (uid, dim, per) in tracer.parameters.items():
+    for target, dims in tracer.parameters.items():
         owner, _, name = target.rpartition(".")
-        parameters.append(ParameterUse(owner, name, index(uid), dim, per))
-        units[index(uid)].carriers.append(owner or target)
+        buffer = name in tracer.modules[owner]._buffers
+        parameters.append(ParameterUse(owner, name, tuple((d, segments(dims[d])) for d in sorted(dims)), buffer))
+        for d in dims:
+            for u, _ in segments(dims[d]):
+                if owner not in units[u].producers and owner not in units[u].consumers:
+                    units[u].carriers.append(owner or target)
     for unit in units:
         unit.carriers = list(dict.fromkeys(unit.carriers))
     return Trace(gm, in_channels, input_size, units, calls, tracer.modules, node_layouts, parameters=parameters)
