@@ -27,12 +27,17 @@ channels before they are summed, so every layer counts equally whatever the scal
 before BatchNorm has an arbitrary scale; a residual stream has many layers). The norm's ``|gamma|`` is the
 output scale of a channel after BatchNorm (network slimming, Liu et al. 2017); the filter norms of producers
 and readers are the criterion of Li et al. 2017; the readers' columns say how much the rest of the network
-uses a channel, which no producer-side score sees. Biases and running statistics do not vote.
+uses a channel, which no producer-side score sees. Biases and running statistics do not vote. Measured on the
+digits CNN (300 SGD steps, 3 seeds; every unit at half its channels, BatchNorm recalibrated, no fine-tuning):
+69% top-1 unsorted, 91% sorted by this sum, 79% by ``|gamma|`` alone, 84% by producer filters alone, 90% by
+reader columns alone.
 
 ``importance="taylor"`` estimates, on a few batches, the first-order change of the loss when a channel is
 removed (Molchanov et al. 2019): per batch and layer, the sum of ``weight * gradient`` over the channel's
 weights, squared and accumulated over batches and summed over the unit's layers (all in units of the
-loss, so they are summed as they are). A mapping of unit names to per-channel scores is accepted too.
+loss, so they are summed as they are). On the digits CNN it ranks worse than magnitude (65% at half width):
+a trained network's loss is near its minimum, where a few batches give noisy gradients. A mapping of unit
+names to per-channel scores is accepted too.
 """
 
 from __future__ import annotations
