@@ -135,8 +135,19 @@ class ExportCheck:
     max_abs_diff: float
 
 
-def _compare(outputs: Tensor, reference: Tensor, what: str) -> float:
-    """The largest absolute difference; raises if it exceeds ``_TOLERANCE`` of the largest output magnitude."""
+def _compare(outputs: Any, reference: Any, what: str) -> float:
+    """The largest absolute difference over every output tensor (a network may return a list, tuple or dict of
+    them: a feature pyramid, a segmentation head with its auxiliary output); raises if it exceeds ``_TOLERANCE`` of
+    the largest output magnitude."""
+    from torch.utils._pytree import tree_leaves
+
+    outputs, reference = tree_leaves(outputs), tree_leaves(reference)
+    if len(outputs) != len(reference):
+        raise RuntimeError(f"{what} gives {len(outputs)} outputs, the supernet {len(reference)}; nothing was written")
+    return max((_compare_tensor(o, r, what) for o, r in zip(outputs, reference)), default=0.0)
+
+
+def _compare_tensor(outputs: Tensor, reference: Tensor, what: str) -> float:
     outputs, reference = torch.as_tensor(outputs).float(), reference.detach().float()
     if outputs.shape != reference.shape:
         raise RuntimeError(f"{what} gives outputs of shape {tuple(outputs.shape)}, the supernet "
@@ -151,11 +162,14 @@ def _compare(outputs: Tensor, reference: Tensor, what: str) -> float:
     return worst
 
 
-def _check_runs(run: Callable[[Tensor], Tensor], images: Tensor, reference: Tensor, what: str) -> float:
+def _check_runs(run: Callable[[Tensor], Any], images: Tensor, reference: Any, what: str) -> float:
     """Compare ``run`` with the reference on the whole batch and on its first image alone (a batch of one)."""
+    from torch.utils._pytree import tree_map
+
     with torch.no_grad():
         worst = _compare(run(images), reference, what)
-        return max(worst, _compare(run(images[:1]), reference[:1], f"{what} (batch of one)"))
+        first = tree_map(lambda t: t[:1] if isinstance(t, Tensor) else t, reference)
+        return max(worst, _compare(run(images[:1]), first, f"{what} (batch of one)"))
 
 
 def export_torchscript(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
@@ -172,7 +186,7 @@ def export_torchscript(model: nn.Module, images: Tensor, reference: Tensor, path
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
-        traced = torch.jit.trace(model, images, check_trace=False)
+        traced = torch.jit.trace(model, images, check_trace=False, strict=False)  # strict=False: dict outputs
         torch.jit.save(traced, buffer, _extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
         loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
     worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
@@ -240,8 +254,8 @@ def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str |
         session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 
-        def run(batch: Tensor) -> Tensor:
-            return torch.from_numpy(session.run(None, {name: batch.cpu().numpy()})[0])
+        def run(batch: Tensor) -> list[Tensor]:
+            return [torch.from_numpy(out) for out in session.run(None, {name: batch.cpu().numpy()})]
 
         worst = _check_runs(run, images, reference, f"the ONNX model {path}")
         with open(temporary, "rb") as source:

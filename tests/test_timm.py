@@ -194,3 +194,34 @@ def test_unknown_timm_model_and_missing_timm_are_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     result = _cli("cost", "timm:resnet18", "--width", "1.0")
     assert result.exit_code == 1 and "pip install 'autoslim[timm]'" in result.output
+
+
+# -- multi-output backbones -----------------------------------------------------------------------------------
+
+def test_features_only_backbone_converts_costs_materializes_and_exports(tmp_path):
+    from torch.utils._pytree import tree_leaves
+
+    from autoslim.export import export_program, export_torchscript
+
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False, features_only=True)
+    supernet = convert(model, input_size=64)
+    assert len(supernet.slimmable_units) / len(supernet.layer_units) >= 0.7
+    x = torch.randn(2, 3, 64, 64)
+    config = supernet.sample_config(random.Random(1))
+    supernet.set_config(config)
+    supernet.train()
+    sum(o.sum() for o in supernet(x)).backward()
+    supernet.eval()
+    static = materialize(supernet, config).eval()
+    with torch.no_grad():
+        expected, got = supernet(x), static(x)
+    assert len(expected) == 5
+    for e, g, channels in zip(expected, got, model.feature_info.channels()):
+        assert e.shape[1] == channels  # the outputs' channels stay fixed
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert tuple(supernet.cost(config)) == _measured(static, 64)
+    export_torchscript(static, x, expected, tmp_path / "model.pt")
+    loaded = torch.jit.load(str(tmp_path / "model.pt"))
+    for e, g in zip(expected, tree_leaves(loaded(x))):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    export_program(static, x, expected, tmp_path / "model.pt2")

@@ -212,3 +212,43 @@ def test_a_run_records_a_user_model_file_so_that_it_reopens_from_anywhere(tmp_pa
     monkeypatch.chdir(tmp_path)  # resume, search or export from another directory
     supernet = build_supernet(configure_space(load_space(settings.space), num_classes=10, input_size=32))
     assert len(supernet.slimmable_units) == 6
+
+
+# -- multi-output networks: segmentation heads, feature pyramids -----------------------------------------------
+
+def _multi_output_models():
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.segmentation import fcn_resnet50, lraspp_mobilenet_v3_large
+
+    return {
+        "lraspp": lambda: lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5),
+        "fcn_aux": lambda: fcn_resnet50(weights=None, weights_backbone=None, num_classes=5, aux_loss=True),
+        "fpn": lambda: resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                           norm_layer=torch.nn.BatchNorm2d),
+    }
+
+
+@pytest.mark.parametrize("name,share", [("lraspp", 0.8), ("fcn_aux", 0.85), ("fpn", 0.5)])
+def test_multi_output_network_converts_costs_materializes_and_exports(name, share, tmp_path):
+    from autoslim.export import export_torchscript
+
+    model = _multi_output_models()[name]()
+    supernet = convert(model, input_size=64)
+    assert len(supernet.slimmable_units) / len(supernet.layer_units) >= share
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model.eval()(x)
+    config = supernet.sample_config(random.Random(name))
+    supernet.set_config(config)
+    supernet.train()
+    sum(o.sum() for o in supernet(x).values()).backward()
+    supernet.eval()
+    static = materialize(supernet, config).eval()
+    with torch.no_grad():
+        expected, got = supernet(x), static(x)
+    assert list(got) == list(expected) == list(full)
+    for key in expected:
+        assert got[key].shape == full[key].shape  # every output keeps its channels
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+    assert tuple(supernet.cost(config)) == _measured(static, 64)
+    export_torchscript(static, x, expected, tmp_path / "model.pt")
