@@ -86,7 +86,7 @@ def _spans(supernet: Supernet) -> list[_Span]:
             start += units[unit].maximum * scale
 
     for call in supernet.trace.calls:
-        if call.module in seen or getattr(call, "functional", False):  # a module called twice holds its tensors
+        if call.module in seen or call.functional:  # a module called twice holds its tensors
             continue  # once; a layer computing its own op has its tensors in ``trace.parameters``
         seen.add(call.module)
         if call.kind in ("conv", "linear"):
@@ -104,18 +104,10 @@ def _spans(supernet: Supernet) -> list[_Span]:
         else:
             raise ValueError(f"internal: unknown layer kind {call.kind!r} of {call.module}")
     for use in supernet.trace.parameters:
-        votes = not getattr(use, "buffer", False) and use.name != "bias"
-        for dim, segments in _parameter_dims(use):
+        votes = not use.buffer and use.name != "bias"
+        for dim, segments in use.dims:
             add(use.owner, use.name, dim, segments, votes)
     return spans
-
-
-def _parameter_dims(use) -> tuple:
-    """``(dim, segments)`` of a :class:`~autoslim.trace.ParameterUse`: its ``dims``, or the one ``(dim, unit)`` of
-    the earlier form that had no ``dims``."""
-    if hasattr(use, "dims"):
-        return use.dims
-    return ((use.dim, ((use.unit, 1),)),)
 
 
 def _blocks(supernet: Supernet) -> list[int]:
@@ -125,7 +117,7 @@ def _blocks(supernet: Supernet) -> list[int]:
     for use in supernet.trace.parameters:
         owner = supernet.model.get_submodule(use.owner)
         if isinstance(owner, nn.GroupNorm):
-            for _, segments in _parameter_dims(use):
+            for _, segments in use.dims:
                 for unit, _ in segments:
                     blocks[unit] = math.lcm(blocks[unit], owner.num_channels // owner.num_groups)
     return blocks

@@ -121,6 +121,31 @@ def test_given_scores_set_the_order_everywhere():
     assert torch.equal(model.fc1.weight, expected)
 
 
+class _GroupNormed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.norm = nn.GroupNorm(4, 32)  # groups of 8 channels; counts in multiples of 4
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.norm(self.conv(x))).mean((2, 3)))
+
+
+def test_group_norm_groups_move_whole():
+    supernet = convert(_GroupNormed(), input_size=8, divisor=4)
+    _randomize(supernet)
+    with torch.no_grad():
+        supernet.model.norm.weight.copy_(torch.rand(32) + 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = supernet.eval()(x)
+    perm = sort_channels(supernet, importance={"conv": torch.arange(32.0)})["conv"]
+    assert torch.equal(perm, torch.arange(32).reshape(4, 8).flip(0).reshape(32))  # the groups reversed, each in order
+    with torch.no_grad():
+        torch.testing.assert_close(supernet(x), before, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("importance,match", [
     ("l2", "unknown importance"),
     ({"stem.0": torch.ones(3)}, "has 8 channels"),
