@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from .export import to_static
+from .export import materialize, to_static
 from .slim import SlimBatchNorm2d
 from .supernet import Supernet
 
@@ -91,18 +91,18 @@ class JointNetwork(nn.Module):
     def materialize(self, index: int) -> nn.Module:
         """A plain ``nn.Module`` of config ``index`` with copies of its weights and BatchNorm layers.
 
-        Its output equals this network's after ``select(index)``, in eval mode. The network is left at the
-        config it ran before.
+        :func:`autoslim.export.materialize` of the shared layers at that config, each switchable BatchNorm
+        replaced by the config's own. Its output equals this network's after ``select(index)``, in eval mode.
+        The network is left at the config it ran before.
         """
         previous = self.index
         self.select(index)
         try:
-            static = copy.deepcopy(self.supernet.model)
+            static = materialize(self.supernet)
         finally:
             self.select(previous)
         for name, module in list(static.named_modules()):
-            plain = module.bns[index] if isinstance(module, SwitchableBatchNorm2d) else to_static(module)
-            if plain is not module:
+            if isinstance(module, SwitchableBatchNorm2d):
                 parent, _, child = name.rpartition(".")
-                setattr(static.get_submodule(parent) if parent else static, child, plain)
+                setattr(static.get_submodule(parent) if parent else static, child, module.bns[index])
         return static

@@ -10,10 +10,9 @@ averages the losses (over the ranks too), stops on a NaN (:class:`DivergedError`
 (:func:`autoslim.checkpoint.save_checkpoint`), the summary and the metrics. The first Ctrl-C / SIGTERM (a
 :class:`~autoslim.interrupt.StopRequest`) ends the step, writes the checkpoint and stops.
 
-The data order and augmentation are functions of the seed and epoch, and torch's RNG is reseeded from the
-seed, rank and step, so an interrupted and resumed run ends with the same weights as an uninterrupted one on
-CPU. A kind of training (:mod:`autoslim.train`, :mod:`autoslim.retrain`) supplies its model, step,
-evaluation, checkpoint contents and summary.
+The data order and augmentation follow the seed and epoch, and torch's RNG the seed, rank and step, so an
+interrupted and resumed run ends with the same weights as an uninterrupted one on CPU. A kind of training
+(:mod:`autoslim.train`, :mod:`autoslim.retrain`) supplies its model, step, evaluation and summary.
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ from .settings import RUNTIME_KEYS, TrainSettings, settings_from_dict
 
 __all__ = ["DivergedError", "Report", "RunKind", "open_run", "check_settings", "Trainer", "OUTPUTS"]
 
-OUTPUTS = (CHECKPOINT_NAME, "metrics.csv", "run.yaml", "summary.json")
-"""The files of a run directory (``--force`` removes them before training again)."""
+OUTPUTS = (CHECKPOINT_NAME, "metrics.csv", "run.yaml", "summary.json")  # what --force removes
 
 
 class DivergedError(RuntimeError):
@@ -77,10 +75,9 @@ class RunKind:
         noun: what the run is called in errors (``run``, ``retraining``).
         maker: what made the files of such a run (``a train-supernet run``).
         read: reads a checkpoint file (ValueError when it is unreadable or of another format).
-        check_fresh: called with the directory when it holds a ``run.yaml`` but no checkpoint; raises
-            ValueError if that is another run.
-        check_state: called with the directory, the checkpoint's state, its settings and the given ones;
-            raises ValueError if the checkpoint is another run (or cannot be resumed).
+        check_fresh: given a directory with a ``run.yaml`` but no checkpoint, raises ValueError if it is another run.
+        check_state: given the directory, the checkpoint's state, its settings and the given ones, raises
+            ValueError if the checkpoint is another run or cannot be resumed.
     """
 
     noun: str
@@ -126,9 +123,7 @@ def open_run(out: Path, settings: TrainSettings, kind: RunKind, *, resume: bool,
     saved = settings_from_dict(state["settings"], str(checkpoint))
     kind.check_state(out, state, saved, settings)
     ignored = check_settings(out, kind.noun, saved, settings, resume=resume)
-    runtime = {key: getattr(settings, key) for key in RUNTIME_KEYS if key != "data_dir"}
-    if settings.data_dir is not None:
-        runtime["data_dir"] = settings.data_dir
+    runtime = {key: getattr(settings, key) for key in RUNTIME_KEYS if key != "data_dir" or settings.data_dir is not None}
     return replace(saved, **runtime), state, ignored
 
 
@@ -195,8 +190,7 @@ class Trainer:
         warmup = round(train.warmup_epochs * self.steps_per_epoch)
         factor = lr_factor(train.schedule, warmup_steps=warmup, total_steps=self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.step = 0
-        self.epoch = 0  # completed (evaluated) epochs
+        self.step, self.epoch = 0, 0  # optimizer steps, completed (evaluated) epochs
         self.seconds = 0.0  # training time of earlier sessions of this run
         self._session: float | None = None  # when this session's training started; None outside the loop
         self.rows: list[dict[str, Any]] = []
@@ -228,6 +222,7 @@ class Trainer:
         raise NotImplementedError
 
     def write_run_yaml(self) -> None:
+        """Write the run's resolved settings, ``run.yaml``."""
         raise NotImplementedError
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -282,8 +277,12 @@ class Trainer:
         if self.processes.main:
             with self._writing():
                 save_checkpoint(self.out / CHECKPOINT_NAME, self._state())
-                write_json(self.out / "summary.json", self.summary())
+            self.write_summary()
             self._write_metrics()
+
+    def write_summary(self) -> None:
+        with self._writing():
+            write_json(self.out / "summary.json", self.summary())
 
     def _elapsed(self) -> float:
         """Seconds of training of this run, earlier sessions included."""
@@ -324,8 +323,8 @@ class Trainer:
     def run(self, stop: StopRequest) -> bool:
         """Train the remaining epochs, evaluating and saving after each; True if ``stop`` interrupted it."""
         if self.processes.main:
-            self.out.mkdir(parents=True, exist_ok=True)
             with self._writing():
+                self.out.mkdir(parents=True, exist_ok=True)
                 self.write_run_yaml()
         self._session = time.perf_counter()
         self._report("start", start_step=self.step, resumed=float(self.step > 0 or self.epoch > 0))
@@ -357,8 +356,7 @@ class Trainer:
                                     drop_last=True, device=self.device, start=self.step - epoch * self.steps_per_epoch,
                                     shard=(rank, world) if world > 1 else None)
         self.model.train()
-        interval = torch.zeros(self.loss_count, device=self.device)
-        steps, tick = 0, time.perf_counter()
+        interval, steps, tick = torch.zeros(self.loss_count, device=self.device), 0, time.perf_counter()
         for images, labels in batches:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -382,9 +380,9 @@ class Trainer:
 
     def _log(self, interval: Tensor, steps: int, tick: float, stop: bool) -> bool:
         """Average the interval's losses over steps and ranks, check them, log rows; True if all ranks stop."""
-        world = self.processes.world
         totals = self.processes.sum(torch.cat([interval, torch.tensor([float(stop)], device=self.device)]))
-        *losses, stops = (totals / torch.tensor([steps * world] * self.loss_count + [1.0], device=self.device)).tolist()
+        divisors = torch.tensor([steps * self.processes.world] * self.loss_count + [1.0], device=self.device)
+        *losses, stops = (totals / divisors).tolist()
         bad = [loss for loss in losses if not math.isfinite(loss)]
         if bad:
             self._diverged(f"loss {bad[0]}")
