@@ -53,14 +53,14 @@ _ELEMENTWISE_MODULES = (
     nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.PReLU,
     nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
 )
-_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Upsample)
 _ELEMENTWISE_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
     F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.neg, torch.abs, torch.exp,
     operator.neg, F.relu_, torch.relu_,
 }
-_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
+_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate}
 _ELEMENTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone", "float",
     "half", "bfloat16", "to", "type_as", "detach", "neg", "abs", "exp", "hardswish",
