@@ -27,7 +27,9 @@ def demo(out_dir: str, epochs: int, retrain_epochs: int, seed: int, device: str)
     from autoslim.budget import format_count
     from autoslim.demo import run_demo
     from cli.console import console, progress, table
+    from cli.running import keep_memory_on_cpu
 
+    keep_memory_on_cpu(device)
     bar = progress()
     tasks = {}
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cli.running import cost_row, finish_run, keep_memory_on_cpu, train_with_progress
+
 __all__ = ["retrain"]
 
 
@@ -45,68 +47,28 @@ def retrain(config, epochs, dataset, data_dir, download, batch_size, lr, seed, d
                                data_dir=data_dir, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                log_every=log_every)
     out = out_dir or os.path.join("runs", "retrain", Path(config).stem)
-
-    from cli.console import console, progress
-
-    bar = progress()  # shown once training starts, so errors while loading stay one line
-    tasks: dict[str, int] = {}
-
-    def report(network, r) -> None:
-        if r.kind == "start":
-            if not tasks:
-                bar.start()
-            tasks[network] = bar.add_task(f"{network} {r.epoch}/{r.epochs}", total=r.total_steps, completed=r.step,
-                                          info="")
-            if r.step >= r.total_steps:
-                bar.console.print(f"the {network} network is already trained ({r.epochs} epochs); --force trains "
-                                  "it again")
-            elif r.values["resumed"]:
-                bar.console.print(f"resuming the {network} network at epoch {r.epoch}, step {r.step} of "
-                                  f"{r.total_steps}")
-        elif r.kind == "step":
-            bar.update(tasks[network], completed=r.step, description=f"{network} {r.epoch}/{r.epochs}")
-        elif r.kind == "log":
-            bar.update(tasks[network], info=f"loss {r.values['loss']:.3f}  {r.values['images_per_second']:,.0f} img/s")
-        elif r.kind == "epoch":
-            accuracies = "  ".join(f"{name} {value:.4f}" for name, value in r.values.items())
-            bar.console.print(f"{network} epoch {r.epoch:>3}/{r.epochs}  test accuracy: {accuracies}")
-
-    try:
-        result = run_retrain(settings, out, resume=resume, force=force, download=download, callback=report)
-    finally:
-        bar.stop()
-    ctx = click.get_current_context()
-    typed = {name for name in ctx.params if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-    for key, (theirs, given) in result.ignored.items():
-        if key in typed:
-            console.print(f"[yellow]note:[/] kept the retraining's {key}={theirs!r} (given {given!r}); --force "
-                          "starts over")
-    if result.interrupted:
-        console.print(f"interrupted: checkpoint saved in {out}; run the same command again to resume")
-        raise click.exceptions.Exit(130)
+    keep_memory_on_cpu(settings.train.device)
+    result = train_with_progress(lambda report: run_retrain(settings, out, resume=resume, force=force,
+                                                            download=download, callback=report),
+                                 who=lambda network: f"the {network} network", prefix=lambda network: f"{network} ",
+                                 accuracies=dict)
+    finish_run(result, out, "retraining")
     _print_summary(result, out)
 
 
 def _print_summary(result, out: str) -> None:
     import pandas as pd
 
-    from autoslim.budget import format_count
     from cli.console import console, print_frame
 
     summary = result.summary
     network = f"uniform {summary['width']:g}x" if "width" in summary else "searched"
-    rows = [[entry["network"], format_count(entry["macs"]), format_count(entry["params"]), _fmt(entry["accuracy"]),
-             _fmt(entry["loss"])] for entry in summary.get("joint") or [dict(summary, network=network)]]
+    entries = list(summary.get("joint") or [dict(summary, network=network)])
     if result.baseline is not None:
-        base = result.baseline
-        rows.append([f"uniform {base['width']:g}x", format_count(base["macs"]), format_count(base["params"]),
-                     _fmt(base["accuracy"]), _fmt(base["loss"])])
+        entries.append(dict(result.baseline, network=f"uniform {result.baseline['width']:g}x"))
+    rows = [cost_row(e["network"], e["macs"], e["params"], e["accuracy"], e["loss"]) for e in entries]
     frame = pd.DataFrame(rows, columns=["network", "MACs", "params", "test accuracy", "test loss"])
     print_frame(frame, title=f"{summary['space']} retrained on {summary['dataset']}, {summary['epochs']} epochs",
                 right={"MACs", "params", "test accuracy", "test loss"})
     seconds = summary["seconds"] + (result.baseline["seconds"] if result.baseline else 0)
     console.print(f"{seconds:.1f} s on {summary['device']}; saved in {out}")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -6,6 +6,8 @@ import os
 
 import click
 
+from cli.running import cost_row, finish_run, keep_memory_on_cpu, train_with_progress
+
 __all__ = ["train_supernet"]
 
 
@@ -69,65 +71,30 @@ def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, d
         channels_last=channels_last, log_every=log_every,
         width_mult=width_mult if width_mult is None else space.width_mult)
     out = out_dir or os.path.join("runs", space.name.replace(":", "_").replace("/", "_"))
+    keep_memory_on_cpu(settings.device)
     if int(os.environ.get("RANK", "0")) != 0:  # data-parallel workers stay quiet
         train(settings, out, resume=resume, force=force, download=download)
         return
 
-    from cli.console import console, progress
+    def largest_first(values):
+        return {name: values[f"{name}_accuracy"] for name in ("largest", "smallest")}
 
-    bar = progress()  # shown once training starts, so errors while loading stay one line
-    task = None
-
-    def report(r) -> None:
-        nonlocal task
-        if r.kind == "start":
-            bar.start()
-            task = bar.add_task(f"epoch {r.epoch}/{r.epochs}", total=r.total_steps, completed=r.step, info="")
-            if r.step >= r.total_steps:
-                bar.console.print(f"{out} is already trained ({r.epochs} epochs); --force trains it again")
-            elif r.values["resumed"]:
-                bar.console.print(f"resuming {out} at epoch {r.epoch}, step {r.step} of {r.total_steps}")
-        elif r.kind == "step":
-            bar.update(task, completed=r.step, description=f"epoch {r.epoch}/{r.epochs}")
-        elif r.kind == "log":
-            v = r.values
-            bar.update(task, info=f"loss {v['loss_largest']:.3f} / {v['loss_smallest']:.3f}  "
-                                  f"{v['images_per_second']:,.0f} img/s")
-        elif r.kind == "epoch":
-            v = r.values
-            bar.console.print(f"epoch {r.epoch:>3}/{r.epochs}  test accuracy: largest {v['largest_accuracy']:.4f}"
-                              f"  smallest {v['smallest_accuracy']:.4f}")
-
-    try:
-        result = train(settings, out, resume=resume, force=force, download=download, callback=report)
-    finally:
-        bar.stop()
-    ctx = click.get_current_context()
-    typed = {name for name in ctx.params if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-    for key, (theirs, given) in result.ignored.items():
-        if key in typed or (key == "epochs" and "fraction" in typed):
-            console.print(f"[yellow]note:[/] kept the run's {key}={theirs!r} (given {given!r}); --force starts over")
-    if result.interrupted:
-        console.print(f"interrupted: checkpoint saved at step {result.summary['steps']} in {out}; "
-                      "run the same command again to resume")
-        raise click.exceptions.Exit(130)
+    result = train_with_progress(lambda report: train(settings, out, resume=resume, force=force, download=download,
+                                                      callback=lambda r: report("supernet", r)),
+                                 who=lambda _: out, prefix=lambda _: "", accuracies=largest_first)
+    finish_run(result, out, "run")
     _print_summary(result.summary, out)
 
 
 def _print_summary(summary: dict, out: str) -> None:
     import pandas as pd
 
-    from autoslim.budget import format_count
     from cli.console import console, print_frame
 
-    rows = [[name, format_count(summary[f"{name}_macs"]), format_count(summary[f"{name}_params"]),
-             _fmt(summary[f"{name}_accuracy"]), _fmt(summary[f"{name}_loss"])] for name in ("largest", "smallest")]
+    rows = [cost_row(name, summary[f"{name}_macs"], summary[f"{name}_params"], summary[f"{name}_accuracy"],
+                     summary[f"{name}_loss"]) for name in ("largest", "smallest")]
     frame = pd.DataFrame(rows, columns=["config", "MACs", "params", "test accuracy", "test loss"])
     print_frame(frame, title=f"{summary['space']} supernet on {summary['dataset']}, {summary['epochs']} epochs",
                 right={"MACs", "params", "test accuracy", "test loss"})
     console.print(f"{summary['seconds']:.0f} s ({summary['seconds_per_epoch'] or 0:.1f} s/epoch, "
                   f"{summary['images_per_second'] or 0:,.0f} img/s) on {summary['device']}; run saved in {out}")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
