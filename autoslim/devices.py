@@ -3,7 +3,7 @@
 ``--device auto`` picks CUDA where there is one. Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes
 form one group (nccl on CUDA, gloo on CPU) for DistributedDataParallel; a single process needs none.
 :func:`keep_freed_memory` stops glibc from handing a CPU training step's memory back to the system after
-every step.
+every step. It changes the whole process, so the library never calls it: the commands do, for their own process.
 """
 
 from __future__ import annotations
