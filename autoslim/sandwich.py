@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .settings import SCHEDULES, TrainSettings
 from .supernet import Supernet
 
-__all__ = ["derive_seed", "subnet_rng", "sandwich_configs", "distillation_loss", "sandwich_step", "WarmupCosine",
+__all__ = ["derive_seed", "subnet_rng", "sandwich_configs", "distillation_loss", "sandwich_step", "train_step", "WarmupCosine",
            "OneCycle", "lr_factor", "build_optimizer"]
 
 
@@ -80,6 +80,33 @@ def sandwich_step(model: nn.Module, supernet: Supernet, configs: list[Mapping[st
         if i < 2:
             losses.append(loss.detach().float())
     return torch.stack(losses)
+
+
+def train_step(supernet: Supernet, images: Tensor, labels: Tensor, *, rng: random.Random, num_subnets: int = 4,
+               label_smoothing: float = 0.1, model: nn.Module | None = None) -> Tensor:
+    """One sandwich-rule step in your own training loop: forward and backward the largest config on the labels,
+    the smallest and ``num_subnets - 2`` random configs against the largest's predictions; gradients accumulate.
+
+    Call ``optimizer.zero_grad()`` before and ``optimizer.step()`` after, as for any backward pass. The supernet
+    is left at its largest config.
+
+    Args:
+        supernet: the supernet (from :func:`autoslim.convert`), in training mode.
+        images, labels: one batch.
+        rng: draws the random configs (``random.Random(seed)``; a different one per data-parallel rank).
+        num_subnets: subnets per batch, at least 2.
+        label_smoothing: of the largest config's loss.
+        model: what to call instead of ``supernet`` (its DistributedDataParallel wrapper).
+
+    Returns:
+        The detached losses of the largest and smallest configs.
+    """
+    configs = sandwich_configs(supernet, num_subnets, rng)
+    try:
+        return sandwich_step(model if model is not None else supernet, supernet, configs, images, labels,
+                             label_smoothing=label_smoothing)
+    finally:
+        supernet.set_config(configs[0])
 
 
 # -- optimizer and schedule ----------------------------------------------------------------------

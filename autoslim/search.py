@@ -40,6 +40,7 @@ __all__ = [
     "choice_leads",
     "criterion_key",
     "greedy_search",
+    "greedy_slim",
     "parse_targets",
     "pareto_front",
     "pick",
@@ -264,6 +265,43 @@ def greedy_search(
         macs, params = costs[best]
         yield Step(number, unit, config[unit], macs, params, now.accuracy, now.loss, values[best],
                    len(candidates), time.perf_counter() - began, dict(config), runner_up, kl=now.kl)
+
+
+def greedy_slim(supernet, evaluate: Callable[[Mapping[str, int]], float], *, flops: Optional[int] = None,
+                params: Optional[int] = None, criterion: str = "drop-per-cost") -> list[Step]:
+    """The greedy search of a supernet scored by your own metric (mAP, pixel accuracy, ...).
+
+    Each candidate config is scored by ``evaluate(config)``, higher is better (set the supernet to the config,
+    recalibrate BatchNorm or use batch statistics, run your validation). Under ``drop-per-cost`` every step keeps
+    the candidate that loses the least score per MAC saved (per parameter once only ``params`` is left to
+    meet); under ``accuracy``, the highest score. The search stops once every limit given is met (with none, at
+    the smallest config).
+
+    Args:
+        supernet: a :class:`autoslim.supernet.Supernet`; its config is restored afterwards.
+        evaluate: ``config -> score``.
+        flops: stop at or under this many MACs.
+        params: stop at or under this many parameters.
+        criterion: ``drop-per-cost`` or ``accuracy``.
+
+    Returns:
+        The trajectory: step 0 is the largest config; ``steps[-1].config`` meets the limits. Each step's
+        ``accuracy`` holds your score.
+    """
+    if criterion not in ("drop-per-cost", "accuracy"):
+        raise ValueError(f"greedy_slim takes criterion drop-per-cost or accuracy, not {criterion!r}")
+    previous = supernet.config
+
+    def scores(current, candidates):
+        values = [float(evaluate(dict(config))) for _, config in candidates]
+        return [Score(accuracy=value, loss=-value) for value in values]
+
+    choices = {unit.name: unit.choices for unit in supernet.slimmable_units}
+    try:
+        return list(greedy_search(supernet.largest_config(), choices, lambda c: tuple(supernet.cost(c)), scores,
+                                  criterion=criterion, signal="top1", stop_macs=flops, stop_params=params))
+    finally:
+        supernet.set_config(previous)
 
 
 def signal_value(score: Score, signal: str) -> float:

@@ -1,0 +1,43 @@
+"""The public API: ``import autoslim`` is light, and the README's "Use it in your own training loop" runs as written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _example() -> str:
+    text = README.read_text()
+    section = text[text.index("## Use it in your own training loop"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_import_is_light_and_names_resolve():
+    code = ("import sys, autoslim; light = 'torch' not in sys.modules; "
+            "names = [autoslim.convert, autoslim.materialize, autoslim.Supernet, autoslim.train_step, "
+            "autoslim.recalibrate, autoslim.greedy_slim, autoslim.greedy_search, autoslim.sort_channels]; "
+            "print(light, all(callable(n) for n in names), [n for n in autoslim.__all__ if getattr(autoslim, n) is None])")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.split() == ["True", "True", "[]"]
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    import pytest
+
+    import autoslim
+
+    with pytest.raises(AttributeError, match="no attribute 'slim_everything'"):
+        autoslim.slim_everything  # noqa: B018
+
+
+def test_the_readme_example_runs_end_to_end(capsys):
+    namespace: dict = {}
+    exec(compile(_example(), str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+    supernet, steps = namespace["supernet"], namespace["steps"]
+    largest = supernet.cost(supernet.largest_config()).macs
+    assert steps[0].config == supernet.largest_config() and len(steps) > 1
+    assert steps[-1].macs <= 0.85 * largest < steps[-2].macs
+    assert all(0 <= s.accuracy <= 1 for s in steps)
+    assert "slimmable units" in capsys.readouterr().out
