@@ -21,20 +21,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Supernet": "autoslim.supernet",
-    "convert": "autoslim.supernet",
-    "materialize": "autoslim.export",
-    "train_step": "autoslim.sandwich",
-    "recalibrate": "autoslim.calibrate",
-    "greedy_slim": "autoslim.search",
-    "greedy_search": "autoslim.search",
-    "Score": "autoslim.search",
-    "Step": "autoslim.search",
-    "sort_channels": "autoslim.ordering",
-    "make_divisible": "autoslim.units",
+    "Supernet": "autoslim.network.supernet",
+    "convert": "autoslim.network.supernet",
+    "materialize": "autoslim.network.static",
+    "train_step": "autoslim.training.sandwich",
+    "recalibrate": "autoslim.training.calibrate",
+    "greedy_slim": "autoslim.search.greedy",
+    "greedy_search": "autoslim.search.greedy",
+    "Score": "autoslim.search.greedy",
+    "Step": "autoslim.search.greedy",
+    "sort_channels": "autoslim.network.ordering",
+    "make_divisible": "autoslim.network.units",
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ only tensors and plain Python values (never pickled modules) and is read with
 Reopening a run (what ``autoslim search`` does)::
 
     from autoslim.checkpoint import load_run
-    from autoslim.calibrate import evaluate, recalibrate
+    from .training.calibrate import evaluate, recalibrate
 
     run = load_run("runs/digits", device="cpu")   # run.supernet holds the trained weights
     data = run.load_data()                         # same dataset, data_dir, seed and search split
@@ -17,7 +17,7 @@ Reopening a run (what ``autoslim search`` does)::
     recalibrate(run.supernet, data.batches("train", 256, shuffle=True, device=run.device), 8)
     accuracy, loss = evaluate(run.supernet, data.batches("search", 500, device=run.device))
 
-:class:`Run` also carries ``settings`` (:class:`~autoslim.settings.TrainSettings`), ``space``
+:class:`Run` also carries ``settings`` (:class:`~autoslim.training.settings.TrainSettings`), ``space``
 (:class:`~autoslim.spaces.SearchSpace`), ``space_options``, ``split`` (the recorded
 :meth:`~autoslim.data.DataBundle.split_info`), ``epoch``, ``step``, ``finished`` and ``evaluation``
 (the last test accuracies and losses of the largest and smallest configs).
@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .io import atomic_write
-from .settings import TrainSettings, settings_from_dict
 from .spaces import SearchSpace, build_supernet, configure_space, load_space
-from .supernet import Supernet
+from .network.supernet import Supernet
 
 if TYPE_CHECKING:
-    from .data import DataBundle
+    from .training.settings import TrainSettings
+    from .data.bundle import DataBundle
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "Run", "load_run", "load_checkpoint", "save_checkpoint", "rebuild_supernet",
            "unit_records", "read_state", "save_weights_only", "TRAINING_KEYS"]
@@ -113,6 +113,8 @@ def rebuild_supernet(state: dict[str, Any], *, source: str = "checkpoint") -> tu
         ValueError: the space cannot be loaded, or its units differ from the recorded ones (the space file
             changed since the run).
     """
+    from .training.settings import settings_from_dict
+
     settings = settings_from_dict(state["settings"], source)
     options = state["space_options"]
     space = configure_space(load_space(settings.space), width_mult=options.get("width_mult"))
@@ -163,7 +165,7 @@ class Run:
         Raises:
             ValueError: the data found there splits differently from the data the run was trained on.
         """
-        from .data import load_dataset
+        from .data.sources import load_dataset
 
         bundle = load_dataset(self.settings.dataset, data_dir=data_dir if data_dir is not None else self.settings.data_dir,
                               download=download, seed=self.settings.seed, search_size=self.settings.search_size)
@@ -188,6 +190,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") 
     supernet.load_state_dict(state["model"])
     device = torch.device(device)
     supernet.to(device).eval()
+    from .training.settings import settings_from_dict
+
     settings = settings_from_dict(state["settings"], str(checkpoint))
     return Run(path=checkpoint.parent, settings=settings, space=space, space_options=dict(state["space_options"]),
                supernet=supernet, device=device, split=dict(state["data"]["split"]), epoch=int(state["epoch"]),

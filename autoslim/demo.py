@@ -49,12 +49,12 @@ def run_demo(out_dir: str | os.PathLike, *, epochs: int = 30, retrain_epochs: in
     from .budget import format_count, parse_budget
     from .export import export_search
     from .io import write_json
-    from .retrain import resolve_retrain, retrain
-    from .search import Target
-    from .settings import resolve_settings
-    from .slimming import SearchSettings, search_run
+    from .training.retraining import resolve_retrain, retrain
+    from .search.targets import Target
+    from .training.settings import resolve_settings
+    from .search.runner import SearchSettings, search_run
     from .spaces import build_supernet, load_space
-    from .train import train_supernet
+    from .training.supernet_training import train_supernet
 
     out = Path(out_dir)
     result = DemoResult(out=out)

@@ -1,19 +1,14 @@
-"""Exports: a plain network holding copies of the supernet's weights sliced to one config, and its files.
-
-``materialize(supernet, config)`` returns the model's own class with every slim layer replaced by the
-plain torch layer of the active width, so it runs and saves without autoslim. For the same config and
-BatchNorm statistics its output equals the supernet's.
+"""Exports: a searched config and its standalone network, written as files.
 
 ``autoslim export-config`` (:func:`export_search`) reopens a SEARCH, takes the config of a target (the
 first trajectory point meeting it, AutoSlim section 3.3) or of a step, writes it as a config file and,
-on request, the standalone network as TorchScript, a ``torch.export`` program or ONNX, each checked to
-reproduce the supernet at that config before it is written.
+on request, the standalone network (:func:`autoslim.network.static.materialize`) as TorchScript, a ``torch.export``
+program or ONNX, each checked to reproduce the supernet at that config before it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import io
 import json
@@ -28,89 +23,17 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .calibrate import recalibrate
+from .channel_config import ChannelConfig, load_config, save_config
 from .checkpoint import CHECKPOINT_NAME, Run, load_run
-from .config import ChannelConfig, load_config, save_config
 from .io import atomic_write, read_yaml
-from .search import Target, pick, read_trajectory
-from .slim import SlimBatchNorm2d, SlimConv2d, SlimLayerNorm, SlimLinear, unslice_parameters
-from .supernet import Supernet
+from .network.static import materialize
+from .search.targets import Target, pick
+from .search.trajectory import read_trajectory
+from .training.calibrate import recalibrate
 
-__all__ = ["materialize", "to_static", "ExportCheck", "export_torchscript", "export_program", "export_onnx",
-           "require_onnx", "ONNX_PACKAGES", "search_run_dir", "search_config", "calibrated_static", "ExportResult",
-           "export_search"]
+__all__ = ["ExportCheck", "export_torchscript", "export_program", "export_onnx", "require_onnx", "ONNX_PACKAGES",
+           "search_run_dir", "search_config", "calibrated_static", "ExportResult", "export_search"]
 
-def materialize(supernet: Supernet, config: Mapping[str, int] | None = None) -> nn.Module:
-    """A plain ``nn.Module`` with copies of ``supernet``'s weights sliced to ``config`` (default: current).
-
-    The supernet itself is left at the config it had.
-    """
-    previous = supernet.config
-    if config is not None:
-        supernet.set_config(supernet.validate_config(config))
-    try:
-        static = copy.deepcopy(supernet.model)
-    finally:
-        supernet.set_config(previous)
-    for module in static.modules():
-        unslice_parameters(module)  # per-channel parameters used directly: cut to the config, own class back
-    for name, module in list(static.named_modules()):
-        plain = to_static(module)
-        if plain is not module:
-            parent_name, _, child = name.rpartition(".")
-            setattr(static.get_submodule(parent_name) if parent_name else static, child, plain)
-    return static
-
-
-@torch.no_grad()
-def to_static(module: nn.Module) -> nn.Module:
-    """The plain layer equal to a slim layer at its active counts (other modules are returned as they are)."""
-    factory = {"device": None, "dtype": None}
-    if isinstance(module, SlimConv2d):
-        factory = {"device": module.weight.device, "dtype": module.weight.dtype}
-        plain = nn.Conv2d(module.active_in, module.active_out, module.kernel_size, module.stride, module.padding,
-                          module.dilation, module.active_groups, module.bias is not None, module.padding_mode,
-                          **factory)
-        plain.weight.copy_(module.active_weight())
-        if module.bias is not None:
-            plain.bias.copy_(module.bias[: module.active_out])
-    elif isinstance(module, SlimLinear):
-        factory = {"device": module.weight.device, "dtype": module.weight.dtype}
-        plain = nn.Linear(module.active_in, module.active_out, module.bias is not None, **factory)
-        plain.weight.copy_(module.active_weight())
-        if module.bias is not None:
-            plain.bias.copy_(module.bias[: module.active_out])
-    elif isinstance(module, SlimBatchNorm2d):
-        k = module.active
-        reference = module.weight if module.weight is not None else module.running_mean
-        if reference is not None:
-            factory = {"device": reference.device, "dtype": reference.dtype}
-        plain = nn.BatchNorm2d(k, module.eps, module.momentum, module.affine, module.track_running_stats, **factory)
-        weight, bias, mean, var = module.active_tensors()
-        if module.affine:
-            plain.weight.copy_(weight)
-            plain.bias.copy_(bias)
-        if module.track_running_stats:
-            plain.running_mean.copy_(mean)
-            plain.running_var.copy_(var)
-            plain.num_batches_tracked.copy_(module.num_batches_tracked)
-    elif isinstance(module, SlimLayerNorm):
-        k = module.active
-        if module.weight is not None:
-            factory = {"device": module.weight.device, "dtype": module.weight.dtype}
-        plain = module.__dict__["_plain_type"](k, eps=module.eps, elementwise_affine=module.elementwise_affine,
-                                               bias=module.bias is not None, **factory)
-        if module.weight is not None:
-            plain.weight.copy_(module.weight[:k])
-        if module.bias is not None:
-            plain.bias.copy_(module.bias[:k])
-    else:
-        return module
-    plain.train(module.training)
-    return plain
-
-
-# -- standalone files -----------------------------------------------------------------------------
 
 # Of the largest output magnitude. Other float32 kernels (TorchScript, ONNX Runtime) differ by ~1e-6 of it; a
 # wrong weight, channel or BatchNorm statistic by orders of magnitude more.
@@ -339,7 +262,7 @@ def calibrated_static(run: Run, config: Mapping[str, int], data: Any) -> nn.Modu
     batches of ``eval_batch_size`` images, the same seed), so the result is reproducible. The supernet is
     left at ``config`` with those statistics, in eval mode.
     """
-    from .sandwich import derive_seed
+    from .training.sandwich import derive_seed
 
     settings, supernet = run.settings, run.supernet
     supernet.set_config(supernet.validate_config(config))

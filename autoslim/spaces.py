@@ -4,7 +4,7 @@ A space is data. ``search_spaces/NAME.yaml`` names a builder (``module:function`
 plain module in ``search_spaces/models.py``), the width multiplier of the supernet (1.5 for the mobile
 networks and the CIFAR spaces, 1.0 for ResNet-50, as in AutoSlim Table 1), ``groups`` / ``divisor`` /
 ``min_ratio`` for the channel choices, the input size and classes, and the default dataset and recipe.
-Every space, and any user model, becomes a supernet through :func:`autoslim.supernet.convert`.
+Every space, and any user model, becomes a supernet through :func:`autoslim.network.supernet.convert`.
 
 Besides the bundled names, a space may be given as a path to a YAML file of the same form,
 ``torchvision:NAME`` (any torchvision classification builder), ``timm:NAME`` (any timm model, built with
@@ -19,37 +19,26 @@ import importlib.util
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from .io import read_yaml
-from .supernet import Supernet, convert
-from .trace import trace_model
 
-__all__ = ["Recipe", "SearchSpace", "SPACES_DIR", "list_spaces", "load_space", "configure_space", "space_options",
+if TYPE_CHECKING:  # torch is imported only to build: listing and loading spaces stays fast
+    from torch import nn
+
+    from .network.supernet import Supernet
+    from .training.settings import TrainSettings
+
+__all__ = ["SearchSpace", "SPACES_DIR", "RECIPE_KEYS", "list_spaces", "load_space", "configure_space", "space_options",
            "build_model", "build_supernet"]
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A full from-scratch training recipe (``retrain`` uses it; the supernet trains for ``fraction`` of it).
-
-    ``lr`` is the learning rate at ``batch_size``; other batch sizes scale it linearly.
-    """
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    num_subnets: int = 4
-    fraction: float = 0.2
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "warmup_epochs", "label_smoothing",
+               "num_subnets", "fraction")
+"""The keys of a space's ``recipe``: the training settings of a full from-scratch run (``retrain`` uses it), and the
+``fraction`` of its epochs that the supernet trains for. ``lr`` is the rate at ``batch_size``; others scale it linearly."""
 
 
 @dataclass(frozen=True)
@@ -58,19 +47,33 @@ class SearchSpace:
 
     name: str
     builder: str
+    """``module:function``, ``file.py:function``, or ``timm:create_model`` with the model's name in ``kwargs``."""
     description: str = ""
     width_arg: str | None = None
+    """The builder's width-multiplier argument (None: it has none, and the space one width)."""
     width_mult: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    """The supernet's width multiplier (1.5 for the mobile networks and the CIFAR spaces, 1.0 for ResNet-50)."""
     num_classes: int = 1000
     input_size: int = 224
     in_channels: int = 3
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """The builder's other arguments."""
     groups: int = 10
+    """Channel choices: each unit's maximum in this many groups, rounded to ``divisor``, at least ``min_ratio`` of it."""
     divisor: int = 8
     min_ratio: float = 0.0
     dataset: str = "digits"
-    recipe: Recipe = field(default_factory=Recipe)
+    recipe: TrainSettings | None = None
+    """The settings of a full from-scratch run (the YAML's ``recipe``, see :data:`RECIPE_KEYS`; None: the defaults)."""
+    fraction: float = 0.2
+    """The share of the recipe's epochs that the supernet trains for (the YAML's ``recipe: fraction``)."""
     path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.recipe is None:
+            from .training.settings import recipe_settings
+
+            object.__setattr__(self, "recipe", recipe_settings(self.name, self.dataset))
 
 
 def list_spaces() -> list[str]:
@@ -106,19 +109,25 @@ def load_space(name: str) -> SearchSpace:
 def _space_from_dict(data: Any, name: str, path: str) -> SearchSpace:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a space file must be a mapping of keys to values")
-    known = {f.name for f in dataclasses.fields(SearchSpace)} - {"name", "path"}
+    known = {f.name for f in dataclasses.fields(SearchSpace)} - {"name", "path", "fraction"}
     for key in data:
         if key not in known:
             raise ValueError(f"{path}: unknown key {key!r}; allowed keys: {', '.join(sorted(known))}")
     if "builder" not in data:
         raise ValueError(f"{path}: missing key 'builder' (module:function)")
     values = dict(data)
-    recipe = values.pop("recipe", None) or {}
-    recipe_keys = {f.name for f in dataclasses.fields(Recipe)}
+    recipe = dict(values.pop("recipe", None) or {})
     for key in recipe:
-        if key not in recipe_keys:
-            raise ValueError(f"{path}: unknown recipe key {key!r}; allowed: {', '.join(sorted(recipe_keys))}")
-    space = SearchSpace(name=name, path=path, recipe=Recipe(**recipe), **values)
+        if key not in RECIPE_KEYS:
+            raise ValueError(f"{path}: unknown recipe key {key!r}; allowed: {', '.join(sorted(RECIPE_KEYS))}")
+    fraction = recipe.pop("fraction", 0.2)
+    from .training.settings import recipe_settings
+
+    try:
+        settings = recipe_settings(name, values.get("dataset", "digits"), **recipe)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: recipe: {error}") from None
+    space = SearchSpace(name=name, path=path, recipe=settings, fraction=fraction, **values)
     if not space.width_mult > 0 or space.groups < 1 or space.divisor < 1 or not 0 <= space.min_ratio < 1:
         raise ValueError(f"{path}: width_mult must be > 0, groups and divisor >= 1, min_ratio in [0, 1)")
     return space
@@ -212,6 +221,8 @@ def build_model(space: SearchSpace, *, width: float | None = None, num_classes: 
         kwargs[space.width_arg] = space.width_mult if width is None else width
     elif width is not None and abs(width - space.width_mult) > 1e-9:
         raise ValueError(f"space {space.name} has no width argument; only width {space.width_mult:g} exists")
+    from torch import nn
+
     builder = _resolve(space.builder)
     parameters = inspect.signature(builder).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
@@ -224,6 +235,8 @@ def build_model(space: SearchSpace, *, width: float | None = None, num_classes: 
 
 def build_supernet(space: SearchSpace, *, num_classes: int | None = None, input_size: int | None = None) -> Supernet:
     """Trace the space's network at its supernet width and convert it into a :class:`Supernet`."""
+    from .network.supernet import convert
+
     num_classes = space.num_classes if num_classes is None else num_classes
     input_size = space.input_size if input_size is None else input_size
     uniform = None
@@ -243,6 +256,8 @@ def _uniform_counts(space: SearchSpace, width: float, num_classes: int, input_si
     key = (space.builder, repr(sorted(space.kwargs.items())), space.width_arg, round(width, 6), num_classes,
            space.in_channels, input_size)
     if key not in _UNIFORM_CACHE:
+        from .network.tracing import trace_model
+
         model = build_model(space, width=width, num_classes=num_classes)
         trace = trace_model(model, in_channels=space.in_channels, input_size=input_size)
         _UNIFORM_CACHE[key] = {unit.name: unit.maximum for unit in trace.units}

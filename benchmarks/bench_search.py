@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from autoslim.budget import format_count
-from autoslim.search import parse_targets
-from autoslim.slimming import SearchSettings, search_run
+from autoslim.search.runner import SearchSettings, search_run
+from autoslim.search.targets import parse_targets
 
 SEARCHES = {
     "batch2048": dict(eval_batch=2048, confidence=None),

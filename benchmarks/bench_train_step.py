@@ -2,7 +2,7 @@
 
 For each space and config: one training step (zero_grad, forward, cross-entropy, backward, optimizer step) of
 the supernet set to the config, against the same step of ``materialize(supernet, config)`` on the same
-batch, each with the optimizer the trainer uses (:func:`autoslim.sandwich.build_optimizer`). The steps run
+batch, each with the optimizer the trainer uses (:func:`autoslim.training.optim.build_optimizer`). The steps run
 in strictly alternating pairs (which one goes first alternates too) and the figure is the median of the
 per-pair ratios. "fastest" is the ratio of the two fastest steps, steadier where other jobs share the
 machine; the control row times the static step against a copy of itself (the noise floor). The optimizer
@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoslim.devices import keep_freed_memory
-from autoslim.export import materialize
-from autoslim.sandwich import build_optimizer, sandwich_configs, sandwich_step, subnet_rng
-from autoslim.settings import resolve_settings
+from autoslim.network.static import materialize
+from autoslim.network.supernet import Supernet
 from autoslim.spaces import build_supernet, load_space
-from autoslim.supernet import Supernet
+from autoslim.training.optim import build_optimizer
+from autoslim.training.sandwich import sandwich_configs, sandwich_step, subnet_rng
+from autoslim.training.settings import resolve_settings
 
 
 _clock = time.perf_counter

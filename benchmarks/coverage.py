@@ -4,7 +4,7 @@
 
 For each model: units slimmable / all, the frozen units grouped by reason, and the MACs at width 1.0
 (224x224; 299x299 for Inception v3), which equal FlopCounterMode / 2 of the torchvision model
-(``tests/test_torchvision.py`` checks that).
+(``tests/test_network_torchvision.py`` checks that).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 import torchvision
 
 from autoslim.budget import format_count
-from autoslim.supernet import convert
+from autoslim.network.supernet import convert
 
-# One model per family (the same as tests/test_torchvision.py)
+# One model per family (the same as tests/test_network_torchvision.py)
 FAMILIES = [("ResNet", "resnet18"), ("ResNeXt", "resnext50_32x4d"), ("Wide ResNet", "wide_resnet50_2"),
             ("MobileNetV2", "mobilenet_v2"), ("MobileNetV3", "mobilenet_v3_small"), ("MNASNet", "mnasnet0_5"),
             ("EfficientNet", "efficientnet_b0"), ("EfficientNetV2", "efficientnet_v2_s"), ("RegNetX", "regnet_x_400mf"),

@@ -20,8 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoslim.budget import format_count
-from autoslim.export import materialize
-from autoslim.supernet import convert
+from autoslim.network.static import materialize
+from autoslim.network.supernet import convert
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from coverage import _reason  # noqa: E402  (the torchvision table's grouping of frozen reasons)

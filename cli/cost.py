@@ -38,7 +38,7 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
     if save_config and not force and os.path.exists(save_config):
         raise click.UsageError(f"{save_config} exists: pass --force to overwrite it")
     from autoslim.budget import format_count
-    from autoslim.config import load_config
+    from autoslim.channel_config import load_config
     from autoslim.spaces import build_supernet, configure_space, load_space, space_options
     from cli.console import console, table
 
@@ -61,8 +61,8 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
     size = input_size or space.input_size
     result = supernet.cost(config, input_size=size)
     if save_config:
-        from autoslim.config import ChannelConfig, save_config as write_config
-        from autoslim.settings import space_reference
+        from autoslim.channel_config import ChannelConfig, save_config as write_config
+        from autoslim.training.settings import space_reference
 
         options = space_options(space, num_classes=space.num_classes, input_size=size)
         write_config(save_config, ChannelConfig(space=space_reference(space), channels=config, space_options=options,

@@ -32,7 +32,7 @@ def export_config(search_dir, flops, params, step, out_path, model_path, onnx_pa
         raise click.UsageError("give exactly one of --flops, --params or --step")
     from autoslim.budget import format_count
     from autoslim.export import export_search
-    from autoslim.search import parse_targets
+    from autoslim.search.targets import parse_targets
     from cli.console import console, table
 
     target = parse_targets([flops] if flops else [], [params] if params else [])[0] if step is None else None

@@ -40,8 +40,8 @@ def retrain(config, epochs, dataset, data_dir, download, batch_size, lr, seed, d
     """
     if baseline and joint:
         raise click.UsageError("--baseline compares one config with the uniform network; drop it or --joint")
-    from autoslim.retrain import resolve_retrain
-    from autoslim.retrain import retrain as run_retrain
+    from autoslim.training.retraining import resolve_retrain
+    from autoslim.training.retraining import retrain as run_retrain
 
     settings = resolve_retrain(config, joint=joint, baseline=baseline, epochs=epochs, dataset=dataset,
                                data_dir=data_dir, batch_size=batch_size, lr=lr, seed=seed, device=device,

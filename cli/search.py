@@ -47,8 +47,8 @@ def search(run_dir, flops, params, out_dir, criterion, signal, eval_batch, slice
     made; re-running into the same SEARCH resumes. MACs are those of conv and linear layers (the paper's "FLOPs").
     """
     from autoslim.budget import format_count
-    from autoslim.search import parse_targets
-    from autoslim.slimming import SearchSettings, search_run
+    from autoslim.search.runner import SearchSettings, search_run
+    from autoslim.search.targets import parse_targets
     from cli.console import console, progress, table
 
     targets = parse_targets(flops, params)

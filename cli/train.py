@@ -60,9 +60,9 @@ def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, d
     """
     if epochs is not None and fraction is not None:
         raise click.UsageError("give --epochs or --fraction, not both")
-    from autoslim.settings import resolve_settings
     from autoslim.spaces import configure_space, load_space
-    from autoslim.train import train_supernet as train
+    from autoslim.training.settings import resolve_settings
+    from autoslim.training.supernet_training import train_supernet as train
 
     space = configure_space(load_space(space_name), width_mult=width_mult)
     settings = resolve_settings(

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNetV2
 
-from autoslim.units import make_divisible
+from autoslim.network.units import make_divisible
 
 __all__ = ["mobilenet_v1", "resnet_cifar", "mobilenet_v2_cifar", "digits_cnn", "MobileNetV1", "ResNetCifar", "DigitsCNN"]
 

@@ -37,7 +37,7 @@ def test_cost_table_and_config_file(tmp_path):
 
 
 def test_cost_saves_the_uniform_config(tmp_path):
-    from autoslim.config import load_config
+    from autoslim.channel_config import load_config
     from autoslim.spaces import build_supernet, load_space
 
     path = tmp_path / "uniform.yaml"

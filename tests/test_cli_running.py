@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 import autoslim.devices
-from autoslim.settings import resolve_settings
 from autoslim.spaces import load_space
-from autoslim.train import train_supernet
+from autoslim.training.settings import resolve_settings
+from autoslim.training.supernet_training import train_supernet
 from cli.main import cli
 from cli.running import cost_row
 

@@ -6,12 +6,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from autoslim.config import load_config
-from autoslim.search import parse_targets
-from autoslim.settings import resolve_settings
-from autoslim.slimming import SearchSettings, search_run, uniform_within
+from autoslim.channel_config import load_config
+from autoslim.network.supernet import uniform_within
+from autoslim.search.runner import SearchSettings, search_run
+from autoslim.search.targets import parse_targets
 from autoslim.spaces import build_supernet, load_space
-from autoslim.train import train_supernet
+from autoslim.training.settings import resolve_settings
+from autoslim.training.supernet_training import train_supernet
 from cli.main import cli
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoslim.data import DATASETS, load_dataset
+from autoslim.data.sources import DATASETS, load_dataset
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
 

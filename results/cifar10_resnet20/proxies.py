@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autoslim.calibrate import recalibrate
 from autoslim.checkpoint import load_run
-from autoslim.scoring import batch_statistics
-from autoslim.search import read_trajectory
+from autoslim.search.scoring import batch_statistics
+from autoslim.search.trajectory import read_trajectory
+from autoslim.training.calibrate import recalibrate
 
 HERE = Path(__file__).resolve().parent
 SIGNALS = ("top1", "ce", "kl")

@@ -1,0 +1,301 @@
+"""The search command's library half: greedy slimming of a trained run into SEARCH/ (AutoSlim section 3.3).
+
+:func:`search_run` reopens a supernet training run, draws the held-out search batch, runs
+:func:`autoslim.search.greedy_search` with a :class:`autoslim.search.scoring.BatchScorer`, appends every step to
+``trajectory.csv`` as it is made, and writes the products: ``pareto.csv``, ``pareto.png``, one config per
+target in ``configs/``, ``run.yaml`` and ``summary.json``. Re-running into the same SEARCH continues the
+trajectory where it stopped (targets may change between runs: the trajectory does not depend on them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..budget import format_count
+from ..channel_config import ChannelConfig, save_config
+from ..io import atomic_write, read_yaml, write_json, write_text, write_yaml
+from ..network.supernet import UNIFORM_WIDTHS, Supernet, uniform_within
+from .greedy import CRITERIA, SIGNALS, Step, choice_leads, greedy_search
+from .targets import Target, check_targets, pick, stop_limits
+from .trajectory import append_step, pareto_front, read_trajectory
+
+__all__ = ["SearchSettings", "SearchResult", "search_run"]
+
+_TRAJECTORY_KEYS = ("run", "criterion", "signal", "eval_batch", "slice_size", "confidence", "calibration_batches", "seed")
+_BEFORE_1_0 = {"signal": "top1", "slice_size": None, "confidence": None}  # what searches of autoslim 0.x did
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a search was run with (saved as SEARCH/run.yaml).
+
+    Only the fields in ``_TRAJECTORY_KEYS`` decide the trajectory; targets and the rest may change when a
+    search is resumed.
+
+    Attributes:
+        criterion: how a step is chosen (:data:`autoslim.search.CRITERIA`).
+        signal: what ``drop-per-cost`` measures (:data:`autoslim.search.SIGNALS`).
+        eval_batch: held-out images scored (None: all of the held-out split).
+        slice_size: at most this many images per forward pass and per set of BatchNorm statistics
+            (:class:`autoslim.search.sliced.SlicedScorer`); None scores them as one batch (the scorer of autoslim 0.x,
+            which measures no KL divergence).
+        confidence: standard errors of the bound that stops scoring candidates that cannot win (None: score
+            every candidate on every image).
+    """
+
+    run: str
+    targets: tuple[str, ...] = ()
+    criterion: str = "drop-per-cost"
+    signal: str = "kl"
+    eval_batch: Optional[int] = None
+    slice_size: Optional[int] = 1024
+    confidence: Optional[float] = 3.0
+    calibration_batches: int = 0
+    reuse: bool = True
+    to_smallest: bool = False
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"unknown signal {self.signal!r}; choose one of {', '.join(SIGNALS)}")
+        if self.eval_batch is not None and self.eval_batch < 1:
+            raise ValueError(f"--eval-batch must be at least 1, got {self.eval_batch}")
+        if self.slice_size is not None and self.slice_size < 1:
+            raise ValueError(f"--slice must be at least 1, got {self.slice_size}")
+        if self.confidence is not None and self.confidence <= 0:
+            raise ValueError(f"the confidence bound must be positive, got {self.confidence}")
+        if self.slice_size is None and self.criterion == "drop-per-cost" and self.signal == "kl":
+            raise ValueError("the KL signal needs the sliced scorer: give a slice size, or --signal top1")
+        if self.calibration_batches < 0:
+            raise ValueError(f"--calibration-batches must be >= 0, got {self.calibration_batches}")
+
+
+@dataclass
+class SearchResult:
+    """What a search produced."""
+
+    out: Path
+    steps: list[Step]
+    picks: dict[str, Step]
+    uniform: list[dict[str, Any]]
+    baselines: dict[str, dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, Any] = field(default_factory=dict)
+
+
+def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Sequence[Target], *,
+               data_dir: Optional[str] = None, force: bool = False,
+               on_start: Optional[Callable[[dict[str, Any]], None]] = None,
+               on_step: Optional[Callable[[Step], None]] = None) -> SearchResult:
+    """Search the run ``settings.run`` and write SEARCH to ``out_dir``.
+
+    Args:
+        settings: what to search with.
+        out_dir: the SEARCH directory; an existing one with the same trajectory settings is resumed.
+        targets: budgets; each takes the first trajectory point meeting it.
+        data_dir: where the run's data lives now (default: where it was during training).
+        force: start over in an ``out_dir`` whose trajectory came from other settings.
+        on_start: called once with ``largest``/``smallest``/``stop``/``resumed`` facts (for progress bars).
+        on_step: called with every new step.
+
+    Raises:
+        ValueError: unreachable targets (with the reachable range), a SEARCH of other settings without
+            ``force``, bad settings.
+    """
+    from ..checkpoint import load_run
+    from ..devices import resolve_device
+    from .sliced import SlicedScorer
+    from .scoring import BatchScorer
+
+    out = Path(out_dir)
+    device = resolve_device(settings.device)
+    run = load_run(settings.run, device=device)
+    supernet = run.supernet
+    largest, smallest = supernet.largest_config(), supernet.smallest_config()
+    largest_cost, smallest_cost = supernet.cost(largest), supernet.cost(smallest)
+    if not targets and not settings.to_smallest:
+        raise ValueError("give at least one target (--flops 300M, --params 2M) or --to-smallest")
+    check_targets(targets, largest=tuple(largest_cost), smallest=tuple(smallest_cost))
+    history = _open_search(out, settings, largest, force=force)
+
+    data = run.load_data(data_dir=data_dir)
+    size = min(settings.eval_batch or len(data.split("search")), len(data.split("search")))
+    images, labels = next(iter(data.batches("search", size, shuffle=False, augment=False, device=device)))
+    calibration = None
+    if settings.calibration_batches:
+        generator = torch.Generator().manual_seed(settings.seed)
+        batch = min(run.settings.batch_size, len(data.split("train")))
+        calibration = [b for _, b in zip(range(settings.calibration_batches),
+                                          data.batches("train", batch, shuffle=True, augment=False,
+                                                       generator=generator, device=device))]
+    if settings.slice_size is None:
+        scorer = BatchScorer(supernet, images, labels, reuse=settings.reuse, calibration=calibration)
+    else:
+        scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size, confidence=settings.confidence,
+                              reuse=settings.reuse, calibration=calibration)
+    stop_macs, stop_params = (None, None) if settings.to_smallest else stop_limits(targets)
+    choices = {unit.name: unit.choices for unit in supernet.slimmable_units}
+
+    def cost(config):
+        return tuple(supernet.cost(config))
+
+    if on_start:
+        on_start({"largest": largest_cost, "smallest": smallest_cost, "stop_macs": stop_macs,
+                  "stop_params": stop_params, "resumed": len(history), "batch": size,
+                  "candidates": sum(len(c) > 1 for c in choices.values())})
+    trajectory = out / "trajectory.csv"
+    steps = list(history)
+    started = time.perf_counter()
+    for step in greedy_search(largest, choices, cost, scorer, criterion=settings.criterion, signal=settings.signal,
+                              stop_macs=stop_macs,
+                              stop_params=stop_params, history=history):
+        append_step(trajectory, step)
+        steps.append(step)
+        if on_step:
+            on_step(step)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        uniform = _score_uniform(supernet, scorer)
+    picks = {target.label: pick(steps, target) for target in targets}
+    baselines = {}
+    for target in targets:
+        limits = {"macs": target.value} if target.kind == "flops" else {"params": target.value}
+        found = uniform_within(supernet, **limits)
+        if found is not None:
+            width, config = found
+            with torch.no_grad():
+                score = scorer(config, [(None, config)])[0]
+            baselines[target.label] = {"width": width, **supernet.cost(config)._asdict(),
+                                       "accuracy": score.accuracy, "loss": score.loss}
+    result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
+                          work={"seconds": seconds, "macs_executed": scorer.macs_executed,
+                                "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
+                                "slices": len(getattr(scorer, "slices", [None])),
+                                "candidates_dropped": getattr(scorer, "dropped", None)})
+    _write_products(result, run, settings, targets)
+    return result
+
+
+def _open_search(out: Path, settings: SearchSettings, start: dict[str, int], *, force: bool) -> list[Step]:
+    """Steps already made in ``out`` (resume), after checking they come from the same settings."""
+    saved_path, trajectory = out / "run.yaml", out / "trajectory.csv"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    if trajectory.exists():
+        saved = read_yaml(saved_path) if saved_path.exists() else {}
+        mismatched = [k for k in _TRAJECTORY_KEYS if str(saved.get(k, _BEFORE_1_0.get(k))) != str(getattr(settings, k))]
+        if mismatched and not force:
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}" for k in mismatched)
+            raise ValueError(f"{out} holds a search with other settings ({changes}); use another --out or --force")
+        if mismatched:
+            trajectory.unlink()
+        else:
+            return read_trajectory(trajectory, start, repair=True)
+    write_yaml(saved_path, dataclasses.asdict(settings), header="autoslim search settings")
+    return []
+
+
+def _score_uniform(supernet: Supernet, scorer) -> list[dict[str, Any]]:
+    """The family's uniform-width networks within the supernet, scored the same way as the trajectory."""
+    rows = []
+    for width in UNIFORM_WIDTHS:
+        if width > supernet.width_mult + 1e-9:
+            continue
+        config = supernet.uniform_config(width)
+        score = scorer(config, [(None, config)])[0]
+        rows.append({"width": width, **supernet.cost(config)._asdict(), "accuracy": score.accuracy, "loss": score.loss})
+    return rows
+
+
+def _write_products(result: SearchResult, run, settings: SearchSettings, targets: Sequence[Target]) -> None:
+    out = result.out
+    front = pareto_front(result.steps)
+    lines = ["step,macs,params,accuracy,loss"] + [f"{s.step},{s.macs},{s.params},{s.accuracy!r},{s.loss!r}" for s in front]
+    write_text(out / "pareto.csv", "\n".join(lines) + "\n")
+    space_options = dict(run.space_options)
+    summary: dict[str, Any] = {"run": settings.run, "space": run.space.name, "criterion": settings.criterion,
+                               "signal": _signal_of(settings), "decided_by": _decided_by(settings, result.work),
+                               "steps": len(result.steps) - 1, "targets": {}, "uniform": result.uniform,
+                               "work": result.work}
+    if settings.criterion == "accuracy":
+        summary["choices"] = choice_leads(result.steps, result.work["batch"])
+    for target in targets:
+        step = result.picks[target.label]
+        path = out / "configs" / f"{target.label}.yaml"
+        save_config(path, ChannelConfig(
+            space=run.settings.space, channels=step.config, space_options=space_options,
+            cost={"macs": step.macs, "params": step.params, "input_size": space_options.get("input_size")},
+            source={"search": str(out), "run": settings.run, "step": step.step,
+                    "target": {target.kind: target.value}, "score": step.accuracy}))
+        summary["targets"][target.label] = {"config": str(path.relative_to(out)), "step": step.step, "macs": step.macs,
+                                            "params": step.params, "accuracy": step.accuracy, "loss": step.loss,
+                                            "uniform": result.baselines.get(target.label)}
+    result.summary = summary
+    write_json(out / "summary.json", summary)
+    _plot(out / "pareto.png", result, front, run.space.name)
+
+
+def _signal_of(settings: SearchSettings) -> str:
+    """The held-out signal the criterion follows."""
+    return "top1" if settings.criterion in ("accuracy", "drop-per-mac") else settings.signal
+
+
+def _decided_by(settings: SearchSettings, work: dict[str, Any]) -> str:
+    """One sentence: how every step of this search was chosen."""
+    signal = {"top1": "top-1 accuracy", "kl": "KL divergence from the largest config", "ce": "cross-entropy"}[
+        _signal_of(settings)]
+    bn = ("BatchNorm recalibrated on training batches" if settings.calibration_batches else
+          f"BatchNorm batch statistics per slice of {work['batch'] // max(1, work['slices'])} images"
+          if settings.slice_size else "BatchNorm batch statistics of the whole batch")
+    if settings.criterion == "accuracy":
+        rule = f"the highest held-out {signal}, whatever the step saves (the paper's rule)"
+    else:
+        per = "MAC saved" if settings.criterion == "drop-per-mac" else "unit of the targeted cost saved"
+        rule = f"the least held-out {signal} lost per {per}, steps that lose nothing first"
+    bound = (f"; candidates that a {settings.confidence:g}-standard-error bound showed could not win were not scored "
+             "on the remaining slices" if settings.confidence and settings.slice_size and settings.criterion != "accuracy"
+             else "")
+    return f"{settings.criterion}: {rule}, on {work['batch']:,} held-out images with {bn}{bound}"
+
+
+def _plot(path: Path, result: SearchResult, front: list[Step], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    axes.plot([s.macs / 1e6 for s in result.steps], [s.accuracy for s in result.steps], ".-", color="0.6",
+              lw=1, ms=3, label="greedy trajectory")
+    axes.plot([s.macs / 1e6 for s in front], [s.accuracy for s in front], "o", color="tab:blue", ms=4,
+              label="Pareto front")
+    if result.uniform:
+        axes.plot([u["macs"] / 1e6 for u in result.uniform], [u["accuracy"] for u in result.uniform], "s--",
+                  color="tab:orange", label="uniform width")
+        for u in result.uniform:
+            axes.annotate(f"{u['width']:g}x", (u["macs"] / 1e6, u["accuracy"]), textcoords="offset points",
+                          xytext=(4, -10), fontsize=7, color="tab:orange")
+    for label, step in result.picks.items():
+        axes.plot([step.macs / 1e6], [step.accuracy], "*", color="tab:red", ms=12)
+        axes.annotate(f"{label}\n{format_count(step.macs)} MACs, {step.accuracy:.3f}", (step.macs / 1e6, step.accuracy),
+                      textcoords="offset points", xytext=(6, 6), fontsize=7, color="tab:red")
+    axes.set_xlabel("MACs (millions; conv and linear layers)")
+    axes.set_ylabel("held-out accuracy (search batch, batch-stat BN)")
+    axes.set_title(f"autoslim search: {title}")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    try:
+        atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
+    finally:
+        plt.close(figure)

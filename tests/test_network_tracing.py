@@ -1,0 +1,139 @@
+"""Channel units traced from plain models: ResNet stages, MobileNetV2 depthwise and residual ties, MNASNet,
+squeeze-and-excitation gates, and what gets frozen (with a reason)."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from autoslim.network.supernet import convert
+from autoslim.network.tracing import trace_model
+
+
+def _by_name(trace):
+    return {unit.name: unit for unit in trace.units}
+
+
+def test_resnet_stage_shares_one_unit():
+    trace = trace_model(torchvision.models.resnet18(), input_size=64)
+    units = _by_name(trace)
+    stage1 = units["conv1"]  # the stem's output is added in every block of layer1
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} <= set(stage1.producers)
+    stage2 = units["layer2.0.conv2"]
+    assert set(stage2.producers) == {"layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"}
+    assert "layer2.1.conv1" in stage2.consumers and "fc" in units["layer4.0.conv2"].consumers
+    assert units["input"].frozen == "image channels"
+    assert "network outputs" in units["fc"].frozen
+    slimmable = [u for u in trace.units if u.frozen is None]
+    assert len(slimmable) == 4 + 8  # one unit per stage plus the inner conv of each of the 8 blocks
+
+
+def test_mobilenet_v2_depthwise_carries_expansion_and_residuals_tie():
+    units = _by_name(trace_model(torchvision.models.mobilenet_v2(), input_size=64))
+    expansion = units["features.2.conv.0.0"]
+    assert "features.2.conv.1.0" in expansion.carriers  # the depthwise conv does not start a unit
+    assert "features.2.conv.1.0" not in units  # ... and names none
+    residual = units["features.2.conv.2"]  # the 24-channel stage: blocks 2 and 3 are added together
+    assert set(residual.producers) == {"features.2.conv.2", "features.3.conv.2"}
+    assert residual.maximum == 24 and residual.frozen is None
+    assert units["features.18.0"].maximum == 1280
+
+
+def test_mnasnet_units():
+    trace = trace_model(torchvision.models.mnasnet1_0(), input_size=64)
+    units = _by_name(trace)
+    assert set(units["layers.8.0.layers.6"].producers) == {"layers.8.0.layers.6", "layers.8.1.layers.6", "layers.8.2.layers.6"}
+    assert "layers.3" in units["layers.0"].carriers  # the stem's depthwise conv
+    assert sum(u.frozen is None for u in trace.units) == 25
+
+
+class _UserNet(nn.Module):
+    """A residual block, a concatenation and a squeeze-and-excitation gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 1)
+        self.c = nn.Conv2d(16, 8, 1)
+        self.merge = nn.Conv2d(16, 24, 1)
+        self.se1 = nn.Conv2d(24, 6, 1)
+        self.se2 = nn.Conv2d(6, 24, 1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.a(x)
+        y = torch.cat([self.b(x), self.c(x)], dim=1)
+        y = self.merge(y)
+        gate = torch.sigmoid(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        y = y * gate
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_user_model_residual_concat_and_gate():
+    supernet = convert(_UserNet(), input_size=16)
+    units = {u.name: u for u in supernet.units}
+    assert set(units["stem"].producers) == {"stem", "a"}  # residual tie
+    assert units["b"].frozen is None and units["c"].frozen is None  # the concatenated parts stay slimmable
+    index = supernet.trace.unit_index()
+    merge = next(c for c in supernet.trace.calls if c.module == "merge")
+    assert merge.inputs == ((index["b"], 1), (index["c"], 1))  # merge reads a prefix of each part
+    assert set(units["merge"].producers) == {"merge", "se2"}  # the gate multiplies channel by channel
+    assert units["merge"].frozen is None and units["se1"].frozen is None
+    supernet.set_config(supernet.smallest_config())
+    out = supernet(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 5)
+
+
+def test_reshape_that_names_channels_is_frozen():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3)
+            self.fc = nn.Linear(16 * 4 * 4, 4)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).view(x.size(0), 16 * 4 * 4))
+
+    units = {u.name: u for u in trace_model(Net(), input_size=6).units}
+    assert units["conv"].frozen is not None
+
+
+def test_channel_shuffle_freezes():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            n, c, h, w = x.shape
+            return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w).mean((2, 3))
+
+    units = {u.name: u for u in trace_model(Net(), input_size=4).units}
+    assert "channel shuffle" in units["conv"].frozen
+
+
+def test_untraceable_model_is_a_clear_error():
+    class Net(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x
+            return -x
+
+    with pytest.raises(ValueError, match="cannot trace"):
+        trace_model(Net(), input_size=4)
+
+
+def test_unit_names_are_stable_across_widths():
+    small = trace_model(torchvision.models.mobilenet_v2(width_mult=0.5), input_size=64)
+    large = trace_model(torchvision.models.mobilenet_v2(width_mult=1.5), input_size=64)
+    assert [u.name for u in small.units] == [u.name for u in large.units]
+
+
+def test_convert_leaves_the_input_model_alone():
+    model = torchvision.models.resnet18()
+    supernet = convert(model, input_size=64)
+    assert type(model.conv1) is nn.Conv2d
+    assert supernet.model.conv1.weight is not model.conv1.weight
