@@ -15,14 +15,16 @@ __all__ = ["demo"]
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Supernet epochs.")
 @click.option("--retrain-epochs", type=click.IntRange(min=1), default=30, show_default=True,
               help="Epochs of each from-scratch retraining.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Retraining seeds 0..N-1 of every network (the spread of the table).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-def demo(out_dir: str, epochs: int, retrain_epochs: int, seed: int, device: str) -> None:
+def demo(out_dir: str, epochs: int, retrain_epochs: int, seeds: int, device: str) -> None:
     """Train a digits supernet, search three budgets, export, and retrain against uniform widths.
 
-    The budgets are the MACs of the uniform 1.0x, 0.75x and 0.5x networks. Each searched network is
-    compared with the widest uniform network of no more MACs, both trained from scratch with the same
-    recipe and seed.
+    The budgets are where width matters on this data: the MACs of the widest uniform networks whose held-out
+    accuracy (scored by the supernet) is 1, 3 and 6 points below the uniform 1.0x network's, fixed before
+    anything is retrained. Each searched network and the widest uniform network of no more MACs are trained
+    from scratch with the same recipe, for every seed; the table gives mean and standard deviation.
     """
     from autoslim.budget import format_count
     from autoslim.demo import run_demo
@@ -59,16 +61,22 @@ def demo(out_dir: str, epochs: int, retrain_epochs: int, seed: int, device: str)
         bar.update(task, completed=report.step, info=f"epoch {report.epoch}/{report.epochs}")
 
     with bar:
-        result = run_demo(Path(out_dir), epochs=epochs, retrain_epochs=retrain_epochs, seed=seed, device=device,
+        result = run_demo(Path(out_dir), epochs=epochs, retrain_epochs=retrain_epochs, seeds=tuple(range(seeds)),
+                          device=device,
                           stage=stage, train_callback=on_train, search_step=on_search, retrain_callback=on_retrain)
-    rows = [[r["budget"], f"{r['uniform_width']:g}x", f"{r['searched_accuracy']:.4f}", f"{r['uniform_accuracy']:.4f}",
-             f"{(r['searched_accuracy'] - r['uniform_accuracy']) * 100:+.2f}", format_count(r["searched_macs"]),
+    rows = [[r["budget"], f"-{r['uniform_drop']:g}", f"{r['uniform_width']:g}x",
+             f"{r['searched_mean']:.2f} ± {r['searched_sd']:.2f}", f"{r['uniform_mean']:.2f} ± {r['uniform_sd']:.2f}",
+             f"{r['searched_mean'] - r['uniform_mean']:+.2f}", format_count(r["searched_macs"]),
              format_count(r["uniform_macs"]), format_count(r["searched_params"]), format_count(r["uniform_params"])]
             for r in result.rows]
-    console.print(table("digits test accuracy, trained from scratch (MACs of conv and linear layers)",
-                        ["budget", "uniform", "AutoSlim acc", "uniform acc", "diff (pts)", "AutoSlim MACs",
+    seeds_text = f"{seeds} seed{'s' if seeds > 1 else ''}"
+    console.print(table(f"digits test accuracy % (mean ± sd over {seeds_text}), trained from scratch; MACs of conv "
+                        "and linear layers",
+                        ["budget", "held-out pts", "uniform", "AutoSlim", "uniform", "diff", "AutoSlim MACs",
                          "uniform MACs", "AutoSlim params", "uniform params"], rows,
-                        justify_right={"AutoSlim acc", "uniform acc", "diff (pts)", "AutoSlim MACs", "uniform MACs",
+                        justify_right={"AutoSlim", "uniform", "diff", "AutoSlim MACs", "uniform MACs",
                                        "AutoSlim params", "uniform params"}))
+    console.print("held-out pts: how far below the uniform 1.0x network the uniform network of that budget scored on "
+                  "the held-out images (the rule that chose the budgets, before any retraining).")
     console.print(f"Pareto plot: {result.pareto}")
     console.print("seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()))

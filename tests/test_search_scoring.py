@@ -170,3 +170,30 @@ def test_reuse_is_exact_when_a_later_call_scores_candidates_the_cached_call_did_
     candidates = [(name, shrunk(current, name)) for name in units]
     for a, b in zip(reuse.logits(current, candidates), plain.logits(current, candidates)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 20_000, 60_000, 2 << 30])
+def test_reuse_is_exact_over_steps_whatever_subsets_and_cache_budget(cache_bytes):
+    # The sliced scorer calls each slice's scorer with a different subset of candidates every step, and a subset
+    # whose kept tensors exceed the cache budget keeps none: whatever the sequence, reuse must equal the plain loop.
+    supernet = convert(_GatedNet(), input_size=8, divisor=4).eval()
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 3, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    units = [u.name for u in supernet.slimmable_units]
+    reuse = BatchScorer(supernet, images, labels, cache_bytes=cache_bytes)
+    plain = BatchScorer(supernet, images, labels, reuse=False)
+    rng = random.Random(1)
+    current = supernet.largest_config()
+    for _ in range(8):
+        shrinkable = [n for n in units if any(c < current[n] for c in supernet.unit(n).choices)]
+        if not shrinkable:
+            break
+        candidates = []
+        for name in shrinkable:
+            config = dict(current)
+            config[name] = max(c for c in supernet.unit(name).choices if c < current[name])
+            candidates.append((name, config))
+        subset = rng.sample(candidates, rng.randint(1, len(candidates)))
+        for a, b in zip(reuse.logits(current, subset), plain.logits(current, subset)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        current = rng.choice(subset)[1]

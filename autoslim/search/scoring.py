@@ -183,6 +183,8 @@ class BatchScorer:
         if keep:
             self._cache = {node: env[node] for node in keep if node in env}
             self._cache_config, self._cache_done = current, done
+        else:  # an older cache would miss the start points of the candidates scored since
+            self._cache, self._cache_config = {}, None
         return outputs  # type: ignore[return-value]
 
     def _frontier(self, node: fx.Node, value: object, unit: Optional[str], current: Mapping[str, int],
@@ -249,7 +251,9 @@ class BatchScorer:
             if isinstance(value, Tensor) and any(self._carries(node, unit) for unit in changed):
                 value = self._reslice(node, value, self._cache_config, current)
             env[node] = value
-        if any(node not in env for node in keep if self._position[node] < done):
+        needed = {node for node in self._nodes if self._position[node] < done <= self._last_use[node]}
+        needed |= {node for node in keep if self._position[node] < done}
+        if any(node not in env for node in needed):
             return {}, 0  # a start point the cached call did not have (an evaluator scoring fewer candidates then)
         return env, done
 
