@@ -141,3 +141,10 @@ def test_progress_never_prints_a_line_twice_when_not_a_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == len(set(lines)) == 10
     assert lines[-1].startswith("search: 10/10") and "eta" not in lines[-1]
+
+
+def test_listing_the_spaces_does_not_import_torch():
+    code = "import sys; from cli.main import cli; cli(['spaces'], standalone_mode=False); print('torch' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip().splitlines()[-1] == "False"
+    assert "search spaces" in output and "digits" in output

@@ -8,24 +8,70 @@
 - :mod:`~autoslim.training.supernet_training`: ``train_supernet`` (the train-supernet command's library half);
 - :mod:`~autoslim.training.retraining`: ``retrain``, with :mod:`~autoslim.training.retrain_setup` (its settings,
   configs and networks) and :mod:`~autoslim.training.joint` (several configs trained as one network).
+
+Names are imported from their modules on first use, so that reading a space's recipe
+(:mod:`~autoslim.training.settings`) does not import torch.
 """
 
-from .settings import (TrainSettings, resolve_settings, load_settings, save_settings, settings_from_dict, RUNTIME_KEYS,
-                       IDENTITY_KEYS, SCHEDULES, space_reference, recipe_settings, FULL_RUN_EPOCHS)
-from .optim import WarmupCosine, OneCycle, lr_factor, build_optimizer
-from .sandwich import subnet_rng, sandwich_configs, distillation_loss, sandwich_step, train_step
-from .calibrate import recalibrate, evaluate, batchnorm_layers
-from .trainer import DivergedError, Report, RunKind, open_run, check_settings, Trainer, OUTPUTS
-from .supernet_training import train_supernet, TrainResult
-from .retrain_setup import (BASELINES, RetrainSettings, resolve_retrain, load_configs, build_network, uniform_baseline,
-                            read_retrained, load_retrained)
-from .retraining import RetrainResult, retrain
-from .joint import SwitchableBatchNorm2d, JointNetwork
+from __future__ import annotations
 
-__all__ = ["TrainSettings", "resolve_settings", "load_settings", "save_settings", "settings_from_dict", "RUNTIME_KEYS",
-           "IDENTITY_KEYS", "SCHEDULES", "space_reference", "recipe_settings", "FULL_RUN_EPOCHS", "WarmupCosine", "OneCycle", "lr_factor", "build_optimizer",
-           "subnet_rng", "sandwich_configs", "distillation_loss", "sandwich_step", "train_step", "recalibrate",
-           "evaluate", "batchnorm_layers", "DivergedError", "Report", "RunKind", "open_run", "check_settings",
-           "Trainer", "OUTPUTS", "train_supernet", "TrainResult", "BASELINES", "RetrainSettings", "resolve_retrain",
-           "load_configs", "build_network", "uniform_baseline", "read_retrained", "load_retrained", "RetrainResult",
-           "retrain", "SwitchableBatchNorm2d", "JointNetwork"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainSettings": "settings",
+    "resolve_settings": "settings",
+    "load_settings": "settings",
+    "save_settings": "settings",
+    "settings_from_dict": "settings",
+    "RUNTIME_KEYS": "settings",
+    "IDENTITY_KEYS": "settings",
+    "SCHEDULES": "settings",
+    "space_reference": "settings",
+    "recipe_settings": "settings",
+    "FULL_RUN_EPOCHS": "settings",
+    "WarmupCosine": "optim",
+    "OneCycle": "optim",
+    "lr_factor": "optim",
+    "build_optimizer": "optim",
+    "subnet_rng": "sandwich",
+    "sandwich_configs": "sandwich",
+    "distillation_loss": "sandwich",
+    "sandwich_step": "sandwich",
+    "train_step": "sandwich",
+    "recalibrate": "calibrate",
+    "evaluate": "calibrate",
+    "batchnorm_layers": "calibrate",
+    "DivergedError": "trainer",
+    "Report": "trainer",
+    "RunKind": "trainer",
+    "open_run": "trainer",
+    "check_settings": "trainer",
+    "Trainer": "trainer",
+    "OUTPUTS": "trainer",
+    "train_supernet": "supernet_training",
+    "TrainResult": "supernet_training",
+    "BASELINES": "retrain_setup",
+    "RetrainSettings": "retrain_setup",
+    "resolve_retrain": "retrain_setup",
+    "load_configs": "retrain_setup",
+    "build_network": "retrain_setup",
+    "uniform_baseline": "retrain_setup",
+    "read_retrained": "retrain_setup",
+    "load_retrained": "retrain_setup",
+    "RetrainResult": "retraining",
+    "retrain": "retraining",
+    "SwitchableBatchNorm2d": "joint",
+    "JointNetwork": "joint",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoslim.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
