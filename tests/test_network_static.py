@@ -31,7 +31,7 @@ def test_materialize_equals_supernet(name):
     supernet.eval()
     x = torch.randn(2, space.in_channels, size, size)
     rng = random.Random(0)
-    for config in (supernet.smallest_config(), supernet.sample_config(rng), supernet.uniform_config(1.0)):
+    for config in (supernet.smallest_config(), supernet.sample_config(rng), supernet.uniform_config(min(1.0, supernet.width_mult))):
         static = materialize(supernet, config).eval()
         assert not any(isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)) for m in static.modules())
         supernet.set_config(config)

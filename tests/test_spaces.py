@@ -7,7 +7,7 @@ from autoslim.spaces import SearchSpace, build_model, list_spaces, load_space
 
 def test_bundled_spaces():
     assert set(list_spaces()) == {"mobilenet_v1", "mobilenet_v2", "mnasnet", "resnet50", "resnet20_cifar",
-                                  "resnet56_cifar", "mobilenet_v2_cifar", "digits_cnn"}
+                                  "resnet56_cifar", "mobilenet_v2_cifar", "digits_cnn", "digits_tiny"}
     for name in list_spaces():
         space = load_space(name)
         assert isinstance(space, SearchSpace) and space.recipe.epochs > 0 and space.dataset
