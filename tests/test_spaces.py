@@ -14,7 +14,7 @@ def test_bundled_spaces():
 
 
 def test_unknown_space_lists_known_ones():
-    with pytest.raises(ValueError, match="known spaces: digits_cnn, mnasnet"):
+    with pytest.raises(ValueError, match="known spaces: digits_cnn, digits_tiny, mnasnet"):
         load_space("mobilenet_v9")
 
 
