@@ -76,7 +76,7 @@ def demo(out_dir: str, epochs: int, retrain_epochs: int, seeds: int, device: str
                          "uniform MACs", "AutoSlim params", "uniform params"], rows,
                         justify_right={"AutoSlim", "uniform", "diff", "AutoSlim MACs", "uniform MACs",
                                        "AutoSlim params", "uniform params"}))
-    console.print("held-out pts: how far below the uniform 1.0x network the uniform network of that budget scored on "
+    console.print("held-out pts: how far below the widest uniform network the uniform network of that budget scored on "
                   "the held-out images (the rule that chose the budgets, before any retraining).")
     console.print(f"Pareto plot: {result.pareto}")
     console.print("seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()))
