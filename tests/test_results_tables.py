@@ -58,6 +58,34 @@ def test_tables_compare_searched_configs_with_the_uniform_line(tmp_path):
     assert (results / "bracket" / "uniform-0.9x" / "seed0.json").is_file()
     assert (results / "retrained.png").stat().st_size > 0
     assert (results / "supernet" / "metrics.csv").read_text() == "committed\n"
+    assert not (results / "default.csv").exists()  # no default search
+
+
+def test_default_csv_sets_the_default_search_against_the_uniform_line(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for seed in (0, 1):  # uniform networks at 10M MACs (70%) and 30M (80%)
+        _write(runs / "retrain" / "flops-20M" / f"seed{seed}" / "summary.json",
+               _summary(0.77, 20_000_000, 50_000, baseline=_summary(0.70, 10_000_000, 100_000, width=0.5)))
+        _write(runs / "bracket" / "uniform-0.9x" / f"seed{seed}" / "summary.json",
+               _summary(0.80, 30_000_000, 300_000, width=0.9))
+    # the committed default search; its 16M config retrained on two seeds, its 26M one not yet
+    targets = {f"flops-{b}M": {"config": f"configs/flops-{b}M.yaml", "step": 3, "macs": b * 1_000_000 - 1_000_000,
+                               "params": 60_000} for b in (26, 16)}
+    _write(results / "default" / "search" / "summary.json", {"targets": targets})
+    for seed, accuracy in ((0, 0.75), (1, 0.77)):
+        _write(runs / "default" / "retrain" / "flops-16M" / f"seed{seed}" / "summary.json",
+               _summary(accuracy, 15_000_000, 60_000))
+    _write(runs / "default" / "retrain" / "flops-26M" / "seed0" / "summary.json", {"finished": False})
+
+    done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    text = (results / "default.csv").read_text().splitlines()
+    assert text[0] == "budget,macs,params,seeds,acc_mean,acc_sd,uniform_at_macs,diff_macs"
+    # 15M MACs: the line from 70% at 10M to 80% at 30M gives 72.5%; mean 76, sample sd of 75 and 77
+    assert text[1:] == ["16M,15000000,60000,2,76.0,1.41,72.5,3.5"]
+    assert (results / "default" / "retrain" / "flops-16M" / "seed1.json").is_file()
+    assert not (results / "default" / "retrain" / "flops-26M").exists()  # unfinished: not collected
 
 
 def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
@@ -89,10 +117,18 @@ def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
     _write(runs / "variants" / "drop-per-mac" / "retrain" / "flops-20M" / "seed0" / "summary.json",
            _summary(0.78, 19_000_000, 40_000))
     _write(runs / "bracket" / "uniform-0.9x" / "seed0" / "summary.json", _summary(0.80, 30_000_000, 300_000, width=0.9))
+    # the one-cycle supernet, one epoch into its run: its curve is copied unfinished, its summary is not
+    _write(runs / "schedule" / "one-cycle" / "metrics.csv", header + "5,0.5,train,,\n10,1,eval,0.58,0.41\n")
+    _write(runs / "schedule" / "one-cycle" / "summary.json", {"finished": False})
 
     done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
+    assert [(r["epoch"], r["one_cycle_largest"], r["one_cycle_smallest"], r["cosine_main_largest"],
+             r["cosine_variants_smallest"]) for r in _rows(results / "schedule.csv")] == [("1", "58.0", "41.0", "50.0", "45.0")]
+    assert (results / "schedule" / "one-cycle" / "metrics.csv").is_file()
+    assert not (results / "schedule" / "one-cycle" / "summary.json").exists()
+    assert "| 1 | 58.00 / 41.00 | 50.00 / 40.00 | 55.00 / 45.00 |" in (results / "table.md").read_text()
     assert (results / "supernet" / "metrics.csv").read_text().endswith("0.6,0.5\n")  # the main one, untouched
     rerun = results / "variants" / "supernet"
     assert (rerun / "metrics.csv").read_text() == (runs / "supernet" / "metrics.csv").read_text()

@@ -4,8 +4,9 @@ Writes table.md (every table below, as markdown) and table.csv (searched configs
 bracket.csv (uniform widths retrained on their own), line.csv (each searched config against the line through
 the retrained uniform networks, by MACs and by params), proxy.csv (the supernet's held-out score of each
 retrained network beside its retrained accuracy), stages.csv (where the greedy search's steps went),
-variants.csv (the investigation's searches: other criterion or search batch, and their retrained configs)
-and retrained.png (test accuracy against MACs and params), and copies the small output files of finished runs.
+variants.csv (the investigation's searches: other criterion or search batch, and their retrained configs),
+default.csv (autoslim's default search, retrained, against the uniform line), schedule.csv (the one-cycle supernet
+against the cosine ones, epoch by epoch) and retrained.png (test accuracy against MACs and params), and copies the small output files of finished runs.
 
 The summary of every finished retraining (searched config and uniform baseline) is copied to
 RESULTS/retrain/flops-B/seedN.json, that of every finished bracket network (a uniform width retrained on
@@ -357,15 +358,19 @@ def plot(rows: list[dict], brackets: list[dict], variant_rows: list[dict]) -> No
     plt.close(figure)
 
 
+def epoch_evals(home: str) -> dict[int, dict]:
+    """The eval rows of RESULTS/<home>/metrics.csv by epoch (empty when there is none)."""
+    if not (results / home / "metrics.csv").exists():
+        return {}
+    with open(results / home / "metrics.csv") as stream:
+        return {int(row["epoch"]): row for row in csv.DictReader(stream) if row["kind"] == "eval"}
+
+
 def supernets() -> list[str]:
     """RESULTS/supernets.csv and its markdown lines: the test accuracy of the largest and smallest configs after each
     epoch of the main supernet and of the variants' own supernet (RESULTS/variants/supernet), side by side."""
-    found = {}
-    for label, home in (("main", "supernet"), ("variants", "variants/supernet")):
-        if (results / home / "metrics.csv").exists():
-            with open(results / home / "metrics.csv") as stream:
-                found[label] = {int(row["epoch"]): row for row in csv.DictReader(stream) if row["kind"] == "eval"}
-    if len(found) < 2:
+    found = {label: epoch_evals(home) for label, home in (("main", "supernet"), ("variants", "variants/supernet"))}
+    if not all(found.values()):
         return []
     table = [{"epoch": epoch, **{f"{label}_{size}": round(float(found[label][epoch][f"{size}_accuracy"]) * 100, 2)
                                  for label in found for size in ("largest", "smallest")}}
@@ -373,6 +378,27 @@ def supernets() -> list[str]:
     return write("supernets", table, ["epoch", "main: largest %", "smallest %", "variants': largest %", "smallest %"],
                  lambda r: [str(r["epoch"]), f"{r['main_largest']:.2f}", f"{r['main_smallest']:.2f}",
                             f"{r['variants_largest']:.2f}", f"{r['variants_smallest']:.2f}"])
+
+
+def schedule() -> list[str]:
+    """RESULTS/schedule.csv and its markdown lines: the one-cycle supernet (reproduce.sh stage `schedule`; its
+    metrics.csv is copied from RUNS finished or not, a curve being useful before its end) against the two cosine
+    supernets, the test accuracy of the largest / smallest configs after each epoch it has reached."""
+    source = runs / "schedule" / "one-cycle"
+    for name in ("metrics.csv", "run.yaml") + (("summary.json",) if finished_supernet(source) else ()):
+        if (source / name).exists():
+            (results / "schedule" / "one-cycle").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, results / "schedule" / "one-cycle" / name)
+    curves = {label: epoch_evals(home) for label, home in
+              (("one_cycle", "schedule/one-cycle"), ("cosine_main", "supernet"), ("cosine_variants", "variants/supernet"))}
+    if not all(curves.values()):
+        return []
+    table = [{"epoch": epoch, **{f"{label}_{size}": round(float(curve[epoch][f"{size}_accuracy"]) * 100, 2)
+                                 for label, curve in curves.items() for size in ("largest", "smallest")}}
+             for epoch in sorted(curves["one_cycle"]) if all(epoch in curve for curve in curves.values())]
+    return write("schedule", table, ["epoch", "one-cycle", "cosine (main supernet)", "cosine (variants' supernet)"],
+                 lambda r: [str(r["epoch"])] + [f"{r[label + '_largest']:.2f} / {r[label + '_smallest']:.2f}"
+                                                for label in curves])
 
 
 default_lines = default(rows, brackets)
@@ -390,6 +416,10 @@ if proxy_lines:
 stage_lines = stages(results / "search" / "trajectory.csv", "stages")
 if stage_lines:
     lines += ["", "Where the greedy search's steps went, by the stage of the unit each one cut:", ""] + stage_lines
+schedule_lines = schedule()
+if schedule_lines:
+    lines += ["", "Test accuracy of the largest / smallest configs after each epoch: the one-cycle supernet (reproduce.sh "
+              "stage `schedule`) against the two cosine ones:", ""] + schedule_lines
 variant_rows = variants(rows, brackets)
 supernet_lines = supernets()
 if supernet_lines:
