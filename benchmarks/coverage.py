@@ -1,4 +1,4 @@
-"""The README's coverage table: one torchvision model per CNN family, converted unmodified.
+"""The coverage table of benchmarks/README.md: one torchvision model per CNN family, converted unmodified.
 
     python benchmarks/coverage.py > coverage.md
 

@@ -1,4 +1,4 @@
-"""The README's timm coverage table: one timm model per CNN family, converted unmodified (issue 19).
+"""The timm coverage table of benchmarks/README.md: one timm model per CNN family, converted unmodified (issue 19).
 
     python benchmarks/coverage_timm.py > coverage_timm.md
 

@@ -185,7 +185,7 @@ def test_every_accuracy_quoted_in_the_readmes_is_a_measured_one():
     # in the top-level one, so a retraining rerun that moves a mean leaves no stale copy behind
     folder = SCRIPT.parent
     measured = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", (folder / "table.md").read_text()))
-    for readme in (folder / "README.md", folder.parents[1] / "README.md"):
+    for readme, at_least in ((folder / "README.md", 10), (folder.parents[1] / "README.md", 0)):
         quoted = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", readme.read_text()))
-        assert len(quoted) >= 10, readme  # the retrained searched and uniform networks at least
+        assert len(quoted) >= at_least, readme  # the results README: the retrained networks at least
         assert quoted <= measured, f"{readme.name}: not in table.md: {sorted(quoted - measured)}"
