@@ -405,6 +405,9 @@ default_lines = default(rows, brackets)
 if default_lines:
     lines += ["", "autoslim's default search (reproduce.sh stage `default`), each config retrained, against the uniform "
               "line at its MACs:", ""] + default_lines
+default_stage_lines = stages(results / "default" / "search" / "trajectory.csv", "default/stages")
+if default_stage_lines:
+    lines += ["", "Steps of the default search by stage:", ""] + default_stage_lines
 line_lines = against_line(rows, brackets)
 if line_lines:
     lines += ["", "Each searched config against the straight line through the retrained uniform networks (\">=\": beyond "
