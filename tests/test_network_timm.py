@@ -26,6 +26,7 @@ FAST = [
     ("mobilenetv3_small_050", 0.9),  # a head of conv after global pool, flatten and timm's Linear
     ("lcnet_050", 0.85),
     ("regnety_002", 0.9),
+    ("convnext_atto", 0.85),  # timm's LayerNorm2d, and a layer scale reshaped before it scales the residual branch
 ]
 
 # family, model, least share of slimmable units (below 0.8: the true limit that freezes the rest)
@@ -47,6 +48,7 @@ FAMILIES = [
     ("RepVGG", "repvgg_a0", 0.7),  # a plain stack of five stages: 5 of 7 units (image and outputs frozen)
     ("MobileOne", "mobileone_s0", 0.6),  # likewise: 4 of 6
     ("CSPResNet", "cspresnet50", 0.7),  # each cross-stage block splits its input along the channels
+    ("ConvNeXt", "convnext_atto", 0.85),
 ]
 
 
@@ -90,6 +92,48 @@ def test_timm_model_converts(name, share):
 @pytest.mark.parametrize("family,name,share", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_timm_family_converts(family, name, share):
     _check(timm.create_model(name, pretrained=False, num_classes=10), share)
+
+
+def test_timm_convnext_slices_its_norms_and_layer_scale_and_sorts_exactly():
+    from autoslim.network.ordering import sort_channels
+    from test_network_ordering import _assert_same_function
+
+    supernet = convert(timm.create_model("convnext_atto", pretrained=False, num_classes=10), input_size=32)
+    assert sorted(u.frozen for u in supernet.frozen_units) == ["image channels", "network outputs"]
+    scales = {use.owner + "." + use.name for use in supernet.trace.parameters}
+    assert "stages.0.blocks.0.gamma" in scales  # `gamma.reshape(1, -1, 1, 1)`: sliced with the residual stream
+    _assert_same_function(supernet, 32)
+
+
+class _ChannelsLast(nn.Module):
+    """timm's channels-last LayerNorm between two convs, as ConvNeXt blocks without the conv MLP use it."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import LayerNorm
+
+        self.a, self.norm, self.b = nn.Conv2d(3, 16, 3, padding=1), LayerNorm(16), nn.Conv2d(16, 8, 1)
+        self.scale = nn.Parameter(torch.ones(8))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.b(x) * self.scale.view(1, -1, 1, 1)
+        return self.fc(x.mean((2, 3)))
+
+
+class _NamedReshape(_ChannelsLast):
+    def forward(self, x):  # names the channel count: it would break at another width
+        x = self.b(self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)) * self.scale.view(1, 8, 1, 1)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_timm_channels_last_layer_norm_and_a_reshaped_scale_are_sliced():
+    supernet = _check(_ChannelsLast(), 1.0 / 2, size=8)
+    assert {u.name: u.frozen for u in supernet.layer_units} == {"input": "image channels", "a": None, "b": None,
+                                                                 "fc": "network outputs"}
+    frozen = {u.name: u.frozen for u in convert(_NamedReshape(), input_size=8).layer_units}
+    assert frozen["b"] and "mixes the channels" in frozen["b"] and frozen["a"] is None
 
 
 # -- the same rules for a user's own layers --------------------------------------------------------------------

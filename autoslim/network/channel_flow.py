@@ -80,6 +80,7 @@ class ChannelFlow:
         self.input_unit: Optional[int] = None
         self.untyped_reasons: dict[fx.Node, str] = {}  # why the parts of a split are frozen
         self.parameters: dict[str, dict[int, tuple[Segment, ...]]] = {}  # target -> {dim: units along it}
+        self.parameter_views: dict[fx.Node, tuple[fx.Node, int]] = {}  # reshaped parameter -> (get_attr, its dim)
 
     # -- units and layouts ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .layers import SlimBatchNorm2d, SlimConv2d, SlimLayerNorm, SlimLinear, is_layer_norm_2d
+from .layers import SlimBatchNorm2d, SlimConv2d, SlimLayerNorm, SlimLinear, is_channels_last_layer_norm, is_layer_norm_2d
 
 __all__ = ["LeafTracer", "symbolic_trace", "trace_or_explain", "propagate_shapes", "node_shape", "tensor_args",
            "positions", "refuse_transformers", "target_name", "where"]
@@ -64,11 +64,13 @@ _SLIM_LAYERS = (SlimConv2d, SlimLinear, SlimBatchNorm2d, SlimLayerNorm)
 
 
 class LeafTracer(fx.Tracer):
-    """torch.fx's tracer, keeping torchvision's ``LayerNorm2d`` as one module (a LayerNorm over the channels) and
-    slim layers as leaves, so that their active counts stay attributes and not traced constants."""
+    """torch.fx's tracer, keeping torchvision's and timm's ``LayerNorm2d`` and timm's ``LayerNorm`` as one module each
+    (a LayerNorm over the channels) and slim layers as leaves, so that their active counts stay attributes and not
+    traced constants."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_layer_norm_2d(m) or isinstance(m, _SLIM_LAYERS) or super().is_leaf_module(m, qualname)
+        return is_layer_norm_2d(m) or is_channels_last_layer_norm(m) or isinstance(m, _SLIM_LAYERS) \
+            or super().is_leaf_module(m, qualname)
 
 
 def symbolic_trace(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule:

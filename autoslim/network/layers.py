@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["SlimConv2d", "SlimLinear", "SlimBatchNorm2d", "SlimLayerNorm", "SlimLayerNorm2d", "SLIM_TYPES", "to_slim",
-           "Ranges", "is_layer_norm_2d", "replace_module", "slice_parameters", "set_parameter_count", "unslice_parameters"]
+           "Ranges", "is_layer_norm_2d", "is_channels_last_layer_norm", "replace_module", "slice_parameters", "set_parameter_count", "unslice_parameters"]
 
 Ranges = Optional[tuple[tuple[int, int], ...]]
 
@@ -239,7 +239,8 @@ class SlimLayerNorm(nn.LayerNorm):
 
 
 class SlimLayerNorm2d(SlimLayerNorm):
-    """torchvision's ``LayerNorm2d`` (a LayerNorm over dim 1 of NCHW tensors: ConvNeXt), on ``active`` channels."""
+    """torchvision's or timm's ``LayerNorm2d`` (a LayerNorm over dim 1 of NCHW tensors: ConvNeXt), on ``active``
+    channels."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self._norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -254,10 +255,18 @@ SLIM_TYPES: dict[type[nn.Module], type[nn.Module]] = {
 
 
 def is_layer_norm_2d(module: nn.Module) -> bool:
-    """torchvision's ``LayerNorm2d`` (ConvNeXt), recognised without importing torchvision."""
+    """torchvision's or timm's ``LayerNorm2d`` (ConvNeXt: a LayerNorm over dim 1 of NCHW tensors), recognised
+    without importing either."""
     kind = type(module)
-    return kind.__name__ == "LayerNorm2d" and kind.__module__.startswith("torchvision.") \
+    return kind.__name__ == "LayerNorm2d" and kind.__module__.startswith(("torchvision.", "timm.")) \
         and isinstance(module, nn.LayerNorm)
+
+
+def is_channels_last_layer_norm(module: nn.Module) -> bool:
+    """``nn.LayerNorm`` itself, or timm's ``LayerNorm`` (the same computation, with an optional fused kernel)."""
+    kind = type(module)
+    return kind is nn.LayerNorm or (kind.__name__ == "LayerNorm" and kind.__module__.startswith("timm.")
+                                    and isinstance(module, nn.LayerNorm))
 
 
 def to_slim(module: nn.Module) -> nn.Module:
@@ -269,6 +278,8 @@ def to_slim(module: nn.Module) -> nn.Module:
     slim_type = SLIM_TYPES.get(type(module))
     if slim_type is None and is_layer_norm_2d(module):
         slim_type = SlimLayerNorm2d
+    elif slim_type is None and is_channels_last_layer_norm(module):
+        slim_type = SlimLayerNorm
     if slim_type is None:
         return module
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:

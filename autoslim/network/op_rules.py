@@ -17,7 +17,7 @@ from torch import nn
 
 from .channel_flow import ChannelFlow
 from .fx_graph import node_shape, target_name, tensor_args, where
-from .layers import is_layer_norm_2d
+from .layers import is_channels_last_layer_norm, is_layer_norm_2d
 from .trace_records import Layout
 
 __all__ = ["OpTracer"]
@@ -151,7 +151,7 @@ class OpTracer(ChannelFlow):
         elif kind is nn.BatchNorm2d and source is not None and source.dim == 1:
             self.layouts[node] = source
             self.record(name, node, "bn", source, source)
-        elif (kind is nn.LayerNorm or is_layer_norm_2d(module)) and source is not None and self.carries(args[0], node):
+        elif (is_channels_last_layer_norm(module) or is_layer_norm_2d(module)) and source is not None and self.carries(args[0], node):
             rank = len(node_shape(args[0]))
             channel_dim = 1 if is_layer_norm_2d(module) else rank - 1
             if tuple(module.normalized_shape) != (self.count(source),) or source.dim != channel_dim:
@@ -197,6 +197,8 @@ class OpTracer(ChannelFlow):
             self.layouts[node] = self.layout(args[0])
         elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and self.flatten(node, args[0]):
             pass
+        elif target in _RESHAPE_METHODS and len(args) == 1 and self.parameter_view(node, args[0]):
+            pass
         elif target in _FLATTEN or target in _RESHAPE_METHODS or target in ("transpose", torch.transpose):
             self.freeze_all(node, f"{label} in {where(node)} mixes the channels with other dims (channel shuffle)")
         elif (target in _MEAN or target == "mean") and len(args) == 1 and self.keeps_channels(args[0], node):
@@ -228,11 +230,13 @@ class OpTracer(ChannelFlow):
         if len(args) != 2:
             self.freeze_all(node, f"elementwise op in {where(node)} of {len(args)} tensors")
             return
-        params = [a for a in args if a.op == "get_attr"]
-        if len(params) == 1 and self.module_tensor(params[0]) and self.per_channel_parameter(node, params[0], next(a for a in args if a is not params[0])):
+        params = [a for a in args if a.op == "get_attr" or a in self.parameter_views]
+        if len(params) == 1 and (params[0] in self.parameter_views or self.module_tensor(params[0])) \
+                and self.per_channel_parameter(node, params[0], next(a for a in args if a is not params[0])):
             return
         if params:
-            self.freeze_all(node, f"parameter {params[0].target} used directly in arithmetic")
+            source = self.parameter_views.get(params[0], (params[0],))[0]
+            self.freeze_all(node, f"parameter {source.target} used directly in arithmetic")
             return
         if any(len(node_shape(a)) != len(shape) for a in args):
             self.freeze_all(node, f"elementwise op in {where(node)} with operands of different rank")
@@ -265,8 +269,30 @@ class OpTracer(ChannelFlow):
             return False
         if any(int(s) != 1 for i, s in enumerate(pshape) if i != dim) or tuple(shape) != tuple(xshape):
             return False
+        if param in self.parameter_views:  # a reshaped parameter: slice the parameter along its own dim
+            param, dim = self.parameter_views[param]
         self.use_parameter(str(param.target), {dim: layout.segments})
         self.layouts[node] = layout
+        return True
+
+    def parameter_view(self, node: fx.Node, source: fx.Node) -> bool:
+        """A module's parameter reshaped to put its one non-trivial dim elsewhere (timm's layer scale,
+        ``gamma.reshape(1, -1, 1, 1)``), without naming its size: an arithmetic use may then slice the parameter
+        along that dim as it slices a parameter used directly. False for any other reshape."""
+        before, after = node_shape(source), node_shape(node)
+        if source.op != "get_attr" or not self.module_tensor(source) or before is None or after is None:
+            return False
+        big_before = [i for i, s in enumerate(before) if int(s) != 1]
+        big_after = [i for i, s in enumerate(after) if int(s) != 1]
+        if len(big_before) != 1 or len(big_after) != 1:
+            return False
+        size = int(before[big_before[0]])
+        values = list(node.args[1:]) + list(node.kwargs.values())
+        values += [v for a in values if isinstance(a, (tuple, list)) for v in a]
+        if size in [v for v in values if isinstance(v, int)]:
+            return False  # names the channel count: would break at another width
+        self.parameter_views[node] = (source, big_before[0])
+        self.layouts[node] = self.layout(source)
         return True
 
     def module_tensor(self, node: fx.Node) -> bool:

@@ -8,6 +8,7 @@ same config and BatchNorm statistics its output equals the supernet's.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Mapping
 
 import torch
@@ -74,10 +75,12 @@ def to_static(module: nn.Module) -> nn.Module:
             plain.num_batches_tracked.copy_(module.num_batches_tracked)
     elif isinstance(module, SlimLayerNorm):
         k = module.active
-        if module.weight is not None:
-            factory = {"device": module.weight.device, "dtype": module.weight.dtype}
-        plain = module.__dict__["_plain_type"](k, eps=module.eps, elementwise_affine=module.elementwise_affine,
-                                               bias=module.bias is not None, **factory)
+        factory = {} if module.weight is None else {"device": module.weight.device, "dtype": module.weight.dtype}
+        plain_type = module.__dict__["_plain_type"]
+        # timm's norms name nn.LayerNorm's `elementwise_affine` `affine` and pass the rest through
+        affine = "affine" if "affine" in inspect.signature(plain_type.__init__).parameters else "elementwise_affine"
+        plain = plain_type(k, eps=module.eps, bias=module.bias is not None, **{affine: module.elementwise_affine},
+                           **factory)
         if module.weight is not None:
             plain.weight.copy_(module.weight[:k])
         if module.bias is not None:
