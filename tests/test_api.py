@@ -8,9 +8,9 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _example() -> str:
+def _example(heading: str = "## Use it in your own training loop") -> str:
     text = README.read_text()
-    section = text[text.index("## Use it in your own training loop"):]
+    section = text[text.index(heading):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -41,3 +41,13 @@ def test_the_readme_example_runs_end_to_end(capsys):
     assert steps[-1].macs <= 0.85 * largest < steps[-2].macs
     assert all(0 <= s.accuracy <= 1 for s in steps)
     assert "slimmable units" in capsys.readouterr().out
+
+
+def test_the_readme_dense_example_slims_by_pixel_accuracy(capsys):
+    namespace: dict = {}
+    exec(compile(_example("### A dense task"), str(README), "exec"), namespace)  # noqa: S102
+    supernet, steps, half = namespace["supernet"], namespace["seg_steps"], namespace["half"]
+    assert [u.name for u in supernet.slimmable_units] == ["encoder.0", "encoder.3", "decoder.1"]  # the hidden convs
+    assert steps[-1].macs <= half < steps[-2].macs and steps[0].config == supernet.largest_config()
+    assert all(0 <= s.accuracy <= 1 for s in steps)
+    assert "pixel accuracy" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from autoslim.network.static import materialize
 from autoslim.network.supernet import convert
 from autoslim.network.tracing import trace_model
 
@@ -113,6 +114,44 @@ def test_channel_shuffle_freezes():
 
     units = {u.name: u for u in trace_model(Net(), input_size=4).units}
     assert "channel shuffle" in units["conv"].frozen
+
+
+class _Reductions(nn.Module):
+    """A spatial attention map (mean and max over the channels), a sum over split groups and a spatial crop."""
+
+    def __init__(self, fixed_range=False):
+        super().__init__()
+        self.fixed_range = fixed_range
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = nn.Conv2d(2, 1, 3, padding=1)
+        self.b = nn.Conv2d(8, 12, 1)
+        self.c = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(3 if fixed_range else 6, 4)
+
+    def forward(self, x):
+        x = self.a(x)
+        attention = torch.cat([x.mean(1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)
+        x = self.b(x * torch.sigmoid(self.gate(attention)))
+        n, c, h, w = x.shape
+        x = self.c(x.reshape(n, 2, c // 2, h, w).sum(dim=1))  # split attention: 12 channels as 2 groups of 6
+        x = x[:, :3] if self.fixed_range else x[:, :, 1:, :]
+        return self.fc(x.sum((2, 3)))
+
+
+def test_reductions_crops_and_group_splits():
+    supernet = convert(_Reductions(), input_size=6)
+    units = {u.name: u.frozen for u in supernet.layer_units}
+    assert units["a"] is None  # reduced over its channels for the attention map: any width still works
+    assert units["c"] is None  # summed over space and cropped in space
+    assert "splits the channels into groups" in units["b"]
+    for config in (supernet.largest_config(), supernet.smallest_config()):
+        supernet.set_config(config)
+        supernet.eval()
+        static = materialize(supernet, config).eval()
+        x = torch.randn(2, 3, 6, 6)
+        torch.testing.assert_close(static(x), supernet(x))
+    fixed = {u.name: u.frozen for u in convert(_Reductions(fixed_range=True), input_size=6).layer_units}
+    assert "takes a fixed range of the channels" in fixed["c"]
 
 
 def test_untraceable_model_is_a_clear_error():

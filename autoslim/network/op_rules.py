@@ -49,7 +49,8 @@ _BINARY = {
 _BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 _FLATTEN = {torch.flatten}
 _RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze"}
-_MEAN = {torch.mean}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 _PERMUTE = {torch.permute}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _SPLITS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split", "unbind", "tensor_split"}
@@ -199,10 +200,14 @@ class OpTracer(ChannelFlow):
             pass
         elif target in _RESHAPE_METHODS and len(args) == 1 and self.parameter_view(node, args[0]):
             pass
+        elif target in _RESHAPE_METHODS and len(args) == 1 and self.group_split(node, args[0]):
+            pass
         elif target in _FLATTEN or target in _RESHAPE_METHODS or target in ("transpose", torch.transpose):
             self.freeze_all(node, f"{label} in {where(node)} mixes the channels with other dims (channel shuffle)")
-        elif (target in _MEAN or target == "mean") and len(args) == 1 and self.keeps_channels(args[0], node):
-            self.layouts[node] = self.layout(args[0])
+        elif (target in _REDUCTIONS or target in _REDUCTION_METHODS) and len(args) == 1 and self.reduction(node, args[0]):
+            pass
+        elif target is operator.getitem and len(args) == 1 and self.index(node, args[0]):
+            pass
         elif (target in _PERMUTE or target == "permute") and len(args) == 1:
             self.permute(node, args[0])
         elif target in _CAT:
@@ -379,18 +384,60 @@ class OpTracer(ChannelFlow):
         self.layouts[node] = Layout(1, tuple((u, s * spatial) for u, s in layout.segments))
         return True
 
-    def keeps_channels(self, source: fx.Node, node: fx.Node) -> bool:
-        """True for a reduction (``mean``) over spatial dims that keeps dim 1."""
+    def reduction(self, node: fx.Node, source: fx.Node) -> bool:
+        """``mean``/``sum``/``amax``/``amin`` over given dims. Over other dims than the channels (global pooling,
+        the groups of a split attention) the layout is kept, its dim moved where dims before it went; over the
+        channels the result is a new tensor (a spatial attention map) and the input's unit stays slimmable: the
+        reduction runs over whatever channels are active. False for a reduction over every dim."""
         before, after = node_shape(source), node_shape(node)
-        if before is None or after is None or len(after) < 2 or int(after[1]) != int(before[1]):
-            return False
-        if self.layout(source).dim != 1:
-            return False
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         dims = [dims] if isinstance(dims, int) else list(dims or [])
-        if not dims:
+        if before is None or after is None or not dims or not all(isinstance(d, int) for d in dims):
             return False
-        return all(isinstance(d, int) and d % len(before) >= 2 for d in dims)
+        dims = {d % len(before) for d in dims}
+        layout = self.layout(source)
+        if layout.dim in dims:
+            self.layouts[node] = self.fresh(node, f"{target_name(node.target)} over the channels in {where(node)}")
+            return True
+        dim = layout.dim if len(after) == len(before) else layout.dim - sum(d < layout.dim for d in dims)
+        if dim >= len(after) or int(after[dim]) != int(before[layout.dim]):
+            return False
+        self.layouts[node] = Layout(dim, layout.segments)
+        return True
+
+    def group_split(self, node: fx.Node, source: fx.Node) -> bool:
+        """A reshape that splits the channels into groups, ``(N, C, H, W) -> (N, G, C // G, H, W)`` (split
+        attention, channel shuffle): freezes the channels (a prefix of C is not G prefixes of C // G), naming the
+        reason; the result's unit is the inner group's. False for any other reshape."""
+        before, after = node_shape(source), node_shape(node)
+        dim = self.layout(source).dim
+        if before is None or after is None or len(after) != len(before) + 1 or dim + 1 >= len(after):
+            return False
+        if tuple(after[:dim]) != tuple(before[:dim]) or tuple(after[dim + 2:]) != tuple(before[dim + 1:]) \
+                or int(after[dim]) * int(after[dim + 1]) != int(before[dim]) or int(after[dim]) == 1:
+            return False
+        reason = f"{target_name(node.target)} in {where(node)} splits the channels into groups (channel shuffle, split attention)"
+        self.freeze(self.layout(source), reason)
+        self.layouts[node] = self.fresh(node, reason, dim=dim + 1)
+        return True
+
+    def index(self, node: fx.Node, source: fx.Node) -> bool:
+        """``x[...]`` with constant slices: all the channels (a crop of other dims) keeps the layout; a fixed
+        range of them (``x[:, :C]``) freezes it, as it would break at another width. False for other indices."""
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        layout, before = self.layout(source), node_shape(source)
+        if before is None or any(not isinstance(i, slice) for i in index[:layout.dim + 1]) \
+                or any(isinstance(v, fx.Node) for i in index if isinstance(i, slice) for v in (i.start, i.stop, i.step)):
+            return False
+        channels = index[layout.dim] if len(index) > layout.dim else slice(None)
+        if channels == slice(None):
+            if not all(isinstance(i, (slice, int)) for i in index):
+                return False
+            self.layouts[node] = layout
+        else:
+            self.freeze_all(node, f"getitem in {where(node)} takes a fixed range of the channels (x[:, a:b]), which "
+                                  "another width would break")
+        return True
 
     def permute(self, node: fx.Node, source: fx.Node) -> None:
         rank = len(node_shape(source))
