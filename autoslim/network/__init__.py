@@ -3,8 +3,9 @@
 - :mod:`~autoslim.network.units`: channel units and their choices (``make_divisible``);
 - :mod:`~autoslim.network.layers`: the slim layers (Conv2d, Linear, BatchNorm2d, LayerNorm) and model surgery;
 - :mod:`~autoslim.network.tracing`: ``trace_model``, with :mod:`~autoslim.network.trace_records` (what it finds),
-  :mod:`~autoslim.network.op_rules` (how each op maps layouts), :mod:`~autoslim.network.channel_flow` (units and
-  layouts) and :mod:`~autoslim.network.fx_graph` (the leaf tracer, shape propagation);
+  :mod:`~autoslim.network.op_rules` (how each op maps layouts), :mod:`~autoslim.network.shape_rules` (reshapes,
+  reductions, indexing, concatenations), :mod:`~autoslim.network.channel_flow` (units and layouts) and
+  :mod:`~autoslim.network.fx_graph` (the leaf tracer, shape propagation);
 - :mod:`~autoslim.network.cost`: MACs and parameters of any config, by arithmetic;
 - :mod:`~autoslim.network.supernet`: ``Supernet`` and ``convert``;
 - :mod:`~autoslim.network.static`: ``materialize``, the plain network of a config;

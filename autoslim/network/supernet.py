@@ -138,7 +138,6 @@ class Supernet(nn.Module):
         self._activate(self._counts_of(config))
 
     def _activate(self, counts: list[int]) -> None:
-        units = self.units
         for module, kind, inputs, o, starts in self._layers:
             n_in, ranges = input_count(inputs, counts), self._ranges(inputs, starts, counts)
             if kind == "bn":
