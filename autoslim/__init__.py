@@ -8,7 +8,8 @@ The public API, for your own training loop (the README's "Use it in your own tra
 - :func:`recalibrate`: BatchNorm statistics for the supernet's current config;
 - :func:`greedy_slim`: the greedy search scored by your own metric; :func:`greedy_search` its general form;
 - :func:`materialize`: the plain network of a config, with the supernet's weights;
-- :func:`sort_channels`: order a trained network's channels by importance, without changing its function.
+- :func:`sort_channels`: order a trained network's channels by importance, without changing its function;
+- :func:`leaf_module`: mark a module class that torch.fx cannot trace (control flow) to be called whole.
 
 Names are imported on first use, so ``import autoslim`` stays light.
 """
@@ -32,6 +33,7 @@ _EXPORTS = {
     "Step": "autoslim.search.greedy",
     "sort_channels": "autoslim.network.ordering",
     "make_divisible": "autoslim.network.units",
+    "leaf_module": "autoslim.network.fx_graph",
 }
 
 __all__ = ["__version__", *_EXPORTS]

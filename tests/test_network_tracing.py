@@ -154,6 +154,59 @@ def test_reductions_crops_and_group_splits():
     assert "takes a fixed range of the channels" in fixed["c"]
 
 
+class _ControlFlowHead(nn.Module):
+    """A head with control flow on the input size, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(16, 32, 3, padding=1), nn.Linear(32, 5)
+
+    def forward(self, x):
+        if x.shape[-1] < 4:
+            x = torch.nn.functional.interpolate(x, size=4)
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class _WithHead(nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1), head
+
+    def forward(self, x):
+        return self.head(self.b(torch.relu(self.a(x))))
+
+
+class _MarkedHead(_ControlFlowHead):
+    autoslim_leaf = True
+
+
+def test_a_leaf_module_is_called_whole_with_its_cost_counted():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import autoslim
+
+    class Head(_ControlFlowHead):  # a class of its own: the registry is process-wide
+        pass
+
+    with pytest.raises(ValueError, match="cannot trace"):
+        convert(_WithHead(Head()), input_size=8)
+    assert autoslim.leaf_module(Head) is Head
+    for head in (Head(), _MarkedHead()):
+        supernet = convert(_WithHead(head), input_size=8)
+        units = {u.name: u.frozen for u in supernet.layer_units}
+        assert units["a"] is None and "is a leaf module (not traced)" in units["b"]
+        for size in (8, 2):  # at 2x2 the head interpolates: its MACs are measured at each input size
+            config = supernet.smallest_config()
+            supernet.set_config(config)
+            static = materialize(supernet, config).eval()
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                static(torch.zeros(1, 3, size, size))
+            assert supernet.cost(config, input_size=size).macs == counter.get_total_flops() // 2
+            assert supernet.cost(config).params == sum(p.numel() for p in static.parameters())
+    with pytest.raises(TypeError, match="nn.Module class"):
+        autoslim.leaf_module(len)
+
+
 def test_untraceable_model_is_a_clear_error():
     class Net(nn.Module):
         def forward(self, x):

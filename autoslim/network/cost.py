@@ -100,6 +100,7 @@ class CostModel:
     def __call__(self, counts: Sequence[int], input_size: int | None = None) -> Cost:
         """Cost at per-unit ``counts`` (indexed like ``trace.units``) and ``input_size`` (default: traced)."""
         macs = sum(self.per_call(counts, input_size))
+        macs += self._trace.opaque_macs(self._trace.input_size if input_size is None else input_size)
         params = self._fixed_params
         for kind, inputs, o, per, bias, groups, width in self._layers:
             n_in = input_count(inputs, counts)

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import math
+import sys
 from typing import Any
 
 import torch
@@ -19,7 +20,44 @@ from torch import nn
 from .layers import SlimBatchNorm2d, SlimConv2d, SlimLayerNorm, SlimLinear, is_channels_last_layer_norm, is_layer_norm_2d
 
 __all__ = ["LeafTracer", "symbolic_trace", "trace_or_explain", "propagate_shapes", "node_shape", "tensor_args",
-           "positions", "refuse_transformers", "target_name", "where"]
+           "positions", "refuse_transformers", "target_name", "where", "leaf_module", "is_opaque_leaf", "OPAQUE_MACS"]
+
+OPAQUE_MACS = "autoslim_macs"
+"""The node metadata key of a leaf module call's MACs, measured by :func:`propagate_shapes`."""
+_LEAF_TYPES: set[type] = set()
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Mark a module class as a leaf: called whole, never traced into (for a ``forward`` with control flow that
+    torch.fx cannot trace). Its input and output channels are frozen; its MACs and parameters count as they are.
+    Use as a class decorator, call it on a class you do not own, or give the class ``autoslim_leaf = True``.
+    timm's not-traced modules (its ``register_notrace_module``) are leaves too, except its norm layers, which
+    autoslim slices."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"leaf_module takes an nn.Module class, not {cls!r}")
+    _LEAF_TYPES.add(cls)
+    return cls
+
+
+def _timm_registry() -> tuple[tuple[type, ...], tuple[Any, ...]]:
+    """timm's not-traced modules and functions, when timm is already imported (never imported here)."""
+    if "timm" not in sys.modules:
+        return (), ()
+    try:
+        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    except ImportError:
+        return (), ()
+    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
+
+
+def is_opaque_leaf(module: nn.Module) -> bool:
+    """A module marked as a leaf (:func:`leaf_module`, ``autoslim_leaf = True`` or timm's registry)."""
+    kind = type(module)
+    if getattr(kind, "autoslim_leaf", False) or any(issubclass(kind, leaf) for leaf in _LEAF_TYPES):
+        return True
+    return kind.__module__.startswith("timm.") and isinstance(module, _timm_registry()[0]) \
+        and not isinstance(module, _NORMS)
 
 
 def positions(shape: torch.Size, kind: str) -> int:
@@ -43,9 +81,22 @@ def tensor_args(node: fx.Node) -> list[fx.Node]:
 
 
 def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size: int, batch: int = 1) -> None:
-    """Annotate every node with its output shape at ``input_size`` (fake tensors: no compute)."""
+    """Annotate every node with its output shape at ``input_size`` (fake tensors: no compute), and every call of
+    a leaf module (:func:`leaf_module`) with its MACs per sample (``node.meta[OPAQUE_MACS]``, FlopCounterMode / 2)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modules = dict(graph_module.named_modules())
+
+    class CountingShapeProp(ShapeProp):
+        def run_node(self, n: fx.Node) -> Any:
+            if n.op != "call_module" or not is_opaque_leaf(modules[str(n.target)]):
+                return super().run_node(n)
+            with FlopCounterMode(display=False) as counter:
+                result = super().run_node(n)
+            n.meta[OPAQUE_MACS] = counter.get_total_flops() // 2 // batch
+            return result
 
     was_training = graph_module.training
     graph_module.eval()
@@ -54,7 +105,7 @@ def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size:
     try:                                               # caller turns the error into one line instead
         example = torch.zeros(batch, in_channels, input_size, input_size)
         with contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(graph_module, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(example)
+            CountingShapeProp(graph_module, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(example)
     finally:
         logger.disabled = disabled
         graph_module.train(was_training)
@@ -66,11 +117,15 @@ _SLIM_LAYERS = (SlimConv2d, SlimLinear, SlimBatchNorm2d, SlimLayerNorm)
 class LeafTracer(fx.Tracer):
     """torch.fx's tracer, keeping torchvision's and timm's ``LayerNorm2d`` and timm's ``LayerNorm`` as one module each
     (a LayerNorm over the channels) and slim layers as leaves, so that their active counts stay attributes and not
-    traced constants."""
+    traced constants; modules marked as leaves (:func:`leaf_module`) are called whole, and timm's not-traced
+    functions are wrapped."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=_timm_registry()[1])
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return is_layer_norm_2d(m) or is_channels_last_layer_norm(m) or isinstance(m, _SLIM_LAYERS) \
-            or super().is_leaf_module(m, qualname)
+            or is_opaque_leaf(m) or super().is_leaf_module(m, qualname)
 
 
 def symbolic_trace(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.GraphModule:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .shape_rules import ShapeRules
-from .fx_graph import node_shape, target_name, tensor_args, where
+from .fx_graph import is_opaque_leaf, node_shape, target_name, tensor_args, where
 from .layers import is_channels_last_layer_norm, is_layer_norm_2d
 from .trace_records import Layout
 
@@ -180,6 +180,9 @@ class OpTracer(ShapeRules):
             self.layouts[node] = source
         elif isinstance(module, nn.Flatten) and source is not None and self.flatten(node, args[0]):
             pass
+        elif is_opaque_leaf(module):
+            self.freeze_all(node, f"{kind.__name__} at {name} is a leaf module (not traced)")
+            self.opaque.append(node.name)
         else:
             self.freeze_all(node, f"unsupported module {kind.__name__} at {name}")
 

@@ -209,7 +209,8 @@ class Supernet(nn.Module):
         return self._cost(self._counts_of(config), input_size)
 
     def cost_per_call(self, config: Config | None = None, *, input_size: int | None = None) -> list[int]:
-        """MACs of each layer call (``trace.calls`` order) at ``config``; they sum to ``cost(config).macs``."""
+        """MACs of each layer call (``trace.calls`` order) at ``config``; with the leaf modules called whole
+        (``trace.opaque_macs``) they sum to ``cost(config).macs``."""
         if config is not None:
             config = self.validate_config(config, complete=False)
         return self._cost.per_call(self._counts_of(config), input_size)

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch.fx as fx
 from torch import nn
 
-from .fx_graph import node_shape, positions, propagate_shapes
+from .fx_graph import OPAQUE_MACS, node_shape, positions, propagate_shapes
 from .units import ChannelUnit
 
 __all__ = ["Segment", "Layout", "LayerCall", "ParameterUse", "Trace", "input_count"]
@@ -88,9 +88,21 @@ class Trace:
     node_layouts: dict[str, Layout] = field(repr=False, default_factory=dict)  # inference graph node -> layout
     train_error: str | None = None  # why the training-mode graph could not be analysed (it has train-only layers)
     parameters: list[ParameterUse] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)  # inference graph nodes calling a leaf module whole
+    _opaque_macs: dict[int, int] = field(repr=False, default_factory=dict)  # input size -> their MACs
 
     def unit_index(self) -> dict[str, int]:
         return {unit.name: i for i, unit in enumerate(self.units)}
+
+    def opaque_macs(self, input_size: int) -> int:
+        """MACs per sample of the leaf modules called whole (``fx_graph.leaf_module``), at ``input_size``."""
+        if not self.opaque:
+            return 0
+        if input_size not in self._opaque_macs:
+            propagate_shapes(self.graph_module, self.in_channels, input_size)  # node metadata now of input_size
+            nodes = {node.name: node for node in self.graph_module.graph.nodes}
+            self._opaque_macs[input_size] = sum(nodes[name].meta.get(OPAQUE_MACS, 0) for name in self.opaque)
+        return self._opaque_macs[input_size]
 
     def spatial_sizes(self, input_size: int) -> list[int]:
         """Output spatial size (H * W) of every call at another input size (fake tensors: no compute)."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from .fx_graph import propagate_shapes, refuse_transformers, symbolic_trace, trace_or_explain
+from .fx_graph import OPAQUE_MACS, propagate_shapes, refuse_transformers, symbolic_trace, trace_or_explain
 from .op_rules import OpTracer
 from .trace_records import LayerCall, Layout, ParameterUse, Segment, Trace
 from .units import ChannelUnit
@@ -74,6 +74,9 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
     tracer = OpTracer(dict(model.named_modules()))
     tracer.run(gm)
     eval_layouts = dict(tracer.layouts)
+    opaque = list(tracer.opaque)  # leaf modules called whole in the inference graph, with their MACs
+    nodes = {node.name: node for node in gm.graph.nodes}
+    opaque_macs = {input_size: sum(nodes[name].meta.get(OPAQUE_MACS, 0) for name in opaque)}
     train_error = None
     if train_gm is not None and _has_train_only_modules(gm, train_gm):
         try:
@@ -86,6 +89,7 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
             tracer.layouts = {}
             tracer.run(train_gm, train_only=True)
     trace = _collect(gm, tracer, in_channels, input_size, eval_layouts)
+    trace.opaque, trace._opaque_macs = opaque, opaque_macs
     trace.train_error = train_error
     return trace
 
