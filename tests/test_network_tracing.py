@@ -207,6 +207,50 @@ def test_a_leaf_module_is_called_whole_with_its_cost_counted():
         autoslim.leaf_module(len)
 
 
+class _Gates(nn.Module):
+    """Selective-kernel branches stacked, weighted by a softmax over them and summed, a learnable scalar, spatial padding, an SE gate through
+    view(N, C, 1, 1) and expand_as, and an op FlopCounterMode counts but no rule knows (a matmul)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b3, self.b5 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 5, padding=2)
+        self.scale = nn.Parameter(torch.ones(1))
+        self.fc = nn.Linear(16, 16)
+        self.c = nn.Conv2d(16, 12, 3)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = self.a(x)
+        branches = torch.stack([self.b3(x), self.b5(x)], dim=1)  # (N, 2, 16, H, W)
+        weights = torch.softmax(branches.mean((3, 4), keepdim=True), dim=1)  # over the branches
+        x = (branches * weights).sum(dim=1) * self.scale
+        gate = torch.sigmoid(self.fc(x.mean((2, 3)))).view(x.shape[0], -1, 1, 1)
+        x = torch.nn.functional.pad(x * gate.expand_as(x), (1, 1, 1, 1))
+        x = self.c(x)
+        mixed = torch.matmul(x.flatten(2), x.flatten(2).transpose(1, 2))  # (N, 12, 12): freezes c
+        return self.head(mixed.mean(2))
+
+
+def test_stack_scalars_padding_gates_and_unknown_ops_cost_exactly():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    supernet = convert(_Gates(), input_size=8)
+    units = {u.name: u.frozen for u in supernet.layer_units}
+    assert units["a"] is None and units["b3"] is None  # b3, b5 and fc share the unit the stack ties
+    assert {"b3", "b5", "fc"} <= set(supernet.unit("b3").producers)
+    assert "unsupported operation matmul" in units["c"]
+    for config in (supernet.largest_config(), supernet.smallest_config()):
+        supernet.set_config(config)
+        supernet.eval()
+        static = materialize(supernet, config).eval()
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(static(x), supernet(x))
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            static(torch.zeros(1, 3, 8, 8))
+        assert supernet.cost(config).macs == counter.get_total_flops() // 2  # the matmul's MACs included
+
+
 def test_untraceable_model_is_a_clear_error():
     class Net(nn.Module):
         def forward(self, x):

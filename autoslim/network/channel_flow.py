@@ -81,7 +81,7 @@ class ChannelFlow:
         self.untyped_reasons: dict[fx.Node, str] = {}  # why the parts of a split are frozen
         self.parameters: dict[str, dict[int, tuple[Segment, ...]]] = {}  # target -> {dim: units along it}
         self.parameter_views: dict[fx.Node, tuple[fx.Node, int]] = {}  # reshaped parameter -> (get_attr, its dim)
-        self.opaque: list[str] = []  # the nodes calling a leaf module whole (fx_graph.leaf_module)
+        self.opaque: list[str] = []  # nodes run whole, their channels frozen: leaf modules, unsupported ops
 
     # -- units and layouts ---------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ __all__ = ["LeafTracer", "symbolic_trace", "trace_or_explain", "propagate_shapes
            "positions", "refuse_transformers", "target_name", "where", "leaf_module", "is_opaque_leaf", "OPAQUE_MACS"]
 
 OPAQUE_MACS = "autoslim_macs"
-"""The node metadata key of a leaf module call's MACs, measured by :func:`propagate_shapes`."""
+"""The node metadata key of a call's MACs, measured by :func:`propagate_shapes`."""
 _LEAF_TYPES: set[type] = set()
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -81,17 +81,16 @@ def tensor_args(node: fx.Node) -> list[fx.Node]:
 
 
 def propagate_shapes(graph_module: fx.GraphModule, in_channels: int, input_size: int, batch: int = 1) -> None:
-    """Annotate every node with its output shape at ``input_size`` (fake tensors: no compute), and every call of
-    a leaf module (:func:`leaf_module`) with its MACs per sample (``node.meta[OPAQUE_MACS]``, FlopCounterMode / 2)."""
+    """Annotate every node with its output shape at ``input_size`` (fake tensors: no compute) and every call with
+    its MACs per sample (``node.meta[OPAQUE_MACS]``, FlopCounterMode / 2): the cost counts them for the calls that
+    the channel rules leave whole (leaf modules, frozen unsupported operations)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
     from torch.utils.flop_counter import FlopCounterMode
 
-    modules = dict(graph_module.named_modules())
-
     class CountingShapeProp(ShapeProp):
         def run_node(self, n: fx.Node) -> Any:
-            if n.op != "call_module" or not is_opaque_leaf(modules[str(n.target)]):
+            if n.op not in ("call_module", "call_function", "call_method"):
                 return super().run_node(n)
             with FlopCounterMode(display=False) as counter:
                 result = super().run_node(n)

@@ -7,6 +7,7 @@ freezes the units it touches, with the reason (see :mod:`autoslim.network.tracin
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -25,7 +26,7 @@ __all__ = ["OpTracer"]
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
     nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.PReLU,
-    nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+    nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Softmax,
 )
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Upsample)
 _ELEMENTWISE_FUNCTIONS = {
@@ -33,11 +34,12 @@ _ELEMENTWISE_FUNCTIONS = {
     F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.neg, torch.abs, torch.exp,
     operator.neg, F.relu_, torch.relu_,
+    F.softmax, torch.softmax,  # over any dim, the channels included: it runs over whatever channels are active
 }
 _POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate}
 _ELEMENTWISE_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone", "float",
-    "half", "bfloat16", "to", "type_as", "detach", "neg", "abs", "exp", "hardswish",
+    "half", "bfloat16", "to", "type_as", "detach", "neg", "abs", "exp", "hardswish", "softmax",
 }
 # Functions that keep shapes and act per element or per sample, known by name (torchvision wraps them for fx).
 _ELEMENTWISE_NAMES = {"stochastic_depth"}
@@ -52,6 +54,7 @@ _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 _PERMUTE = {torch.permute}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
+_STACK = {torch.stack}
 _SPLITS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split", "unbind", "tensor_split"}
 _SHAPE_QUERIES = {"size", "dim", "numel"}
 # Functional layers that a module's own forward may call on its parameters, with their argument names.
@@ -185,6 +188,7 @@ class OpTracer(ShapeRules):
             self.opaque.append(node.name)
         else:
             self.freeze_all(node, f"unsupported module {kind.__name__} at {name}")
+            self.opaque.append(node.name)  # frozen all round: whatever it computes has a fixed cost
 
     def visit_function(self, node: fx.Node, args: list[fx.Node]) -> None:
         target = node.target
@@ -204,8 +208,20 @@ class OpTracer(ShapeRules):
             pass
         elif target in _RESHAPE_METHODS and len(args) == 1 and self.group_split(node, args[0]):
             pass
+        elif target in _RESHAPE_METHODS and len(args) == 1 and self.unit_dims(node, args[0]):
+            pass
+        elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and self.moves_channels(node, args[0]):
+            self.freeze_all(node, f"{label} in {where(node)} moves the channels into another dim (an op across the "
+                                  "channels, such as ECA's 1-D conv, has no rule yet)")
         elif target in _FLATTEN or target in _RESHAPE_METHODS or target in ("transpose", torch.transpose):
             self.freeze_all(node, f"{label} in {where(node)} mixes the channels with other dims (channel shuffle)")
+        elif target is F.pad and len(args) == 1 and self.pads_other_dims(node, args[0]):
+            self.layouts[node] = self.layout(args[0])
+        elif target in ("expand_as", "expand") and args and self.carries(args[0], node):
+            self.layouts[node] = self.layout(args[0])  # broadcast over other dims: (N, C, 1, 1) to (N, C, H, W)
+            if len(args) == 2 and node_shape(args[1])[self.layout(args[0]).dim] == node_shape(node)[self.layout(args[0]).dim]:
+                self.layouts[node] = self.tie(self.layout(args[0]), self.layout(args[1]),
+                                              f"expand_as in {where(node)} to a tensor of other channels")
         elif (target in _REDUCTIONS or target in _REDUCTION_METHODS) and len(args) == 1 and self.reduction(node, args[0]):
             pass
         elif target is operator.getitem and len(args) == 1 and self.index(node, args[0]):
@@ -214,6 +230,8 @@ class OpTracer(ShapeRules):
             self.permute(node, args[0])
         elif target in _CAT:
             self.concatenate(node, args)
+        elif target in _STACK and args and self.stack(node, args):
+            pass
         elif isinstance(target, type) and issubclass(target, tuple):  # GoogLeNetOutputs(logits, aux2, aux1)
             for arg in args:
                 self.freeze(self.layout(arg), "network outputs")
@@ -222,6 +240,7 @@ class OpTracer(ShapeRules):
             self.layouts[node] = self.fresh(node, self.untyped_reasons.get(source, f"part of {target_name(source)}"))
         else:
             self.freeze_all(node, f"unsupported operation {label} (in {where(node)})")
+            self.opaque.append(node.name)
 
     # -- patterns -------------------------------------------------------------------------------------------
 
@@ -238,6 +257,11 @@ class OpTracer(ShapeRules):
             self.freeze_all(node, f"elementwise op in {where(node)} of {len(args)} tensors")
             return
         params = [a for a in args if a.op == "get_attr" or a in self.parameter_views]
+        if len(params) == 1 and self.module_tensor(params[0]) and math.prod(node_shape(params[0])) == 1:
+            other = next(a for a in args if a is not params[0])  # a learnable scalar (timm's LearnableAffineBlock)
+            if self.carries(other, node):
+                self.layouts[node] = self.layout(other)
+                return
         if len(params) == 1 and (params[0] in self.parameter_views or self.module_tensor(params[0])) \
                 and self.per_channel_parameter(node, params[0], next(a for a in args if a is not params[0])):
             return

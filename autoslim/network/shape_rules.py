@@ -161,3 +161,55 @@ class ShapeRules(ChannelFlow):
             self.freeze_all(node, f"concatenation in {where(node)} along a dimension that is not the channels")
             return
         self.layouts[node] = Layout(layouts[0].dim, tuple(s for l in layouts for s in l.segments))
+
+    def stack(self, node: fx.Node, args: list[fx.Node]) -> bool:
+        """``torch.stack`` of tensors of one layout along a new dim (the branches of a selective-kernel block): their
+        units are tied and the channels move one dim on where the new dim comes before them. False otherwise."""
+        after = node_shape(node)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        first = self.layout(args[0])
+        if after is None or not isinstance(dim, int) or len(args) != len(node.args[0]) \
+                or any(self.layout(a).dim != first.dim for a in args):
+            return False
+        dim %= len(after)
+        layout = first
+        for arg in args[1:]:
+            layout = self.tie(layout, self.layout(arg), f"stack in {where(node)} of differently made tensors")
+        self.layouts[node] = Layout(layout.dim + (dim <= layout.dim), layout.segments)
+        return True
+
+    def moves_channels(self, node: fx.Node, source: fx.Node) -> bool:
+        """A reshape that keeps the channels whole but puts them in another dim, ``(N, C) -> (N, 1, C)``."""
+        before, after = node_shape(source), node_shape(node)
+        if before is None or after is None:
+            return False
+        channels = int(before[self.layout(source).dim])
+        big_before = [int(s) for s in before[1:] if int(s) != 1]
+        big_after = [i for i, s in enumerate(after) if i > 0 and int(s) != 1]
+        return big_before == [channels] and len(big_after) == 1 and int(after[big_after[0]]) == channels \
+            and big_after[0] != self.layout(source).dim
+
+    def unit_dims(self, node: fx.Node, source: fx.Node) -> bool:
+        """A reshape that keeps the dims up to the channels and only merges, splits, adds or drops the dims after
+        them, ``(N, C, H, W) -> (N, C, H * W)`` or ``(N, C, 1, 1) -> (N, C)`` and back, without naming the channel
+        count: the layout is kept."""
+        before, after = node_shape(source), node_shape(node)
+        dim = self.layout(source).dim
+        if before is None or after is None or len(after) <= dim \
+                or [int(s) for s in after[:dim + 1]] != [int(s) for s in before[:dim + 1]] \
+                or math.prod(int(s) for s in after[dim + 1:]) != math.prod(int(s) for s in before[dim + 1:]):
+            return False
+        values = list(node.args[1:]) + list(node.kwargs.values())
+        values += [v for a in values if isinstance(a, (tuple, list)) for v in a]
+        if int(before[dim]) > 1 and int(before[dim]) in [v for v in values if isinstance(v, int)]:
+            return False  # names the channel count: would break at another width
+        self.layouts[node] = self.layout(source)
+        return True
+
+    def pads_other_dims(self, node: fx.Node, source: fx.Node) -> bool:
+        """``F.pad`` of dims after the channels only (spatial padding: HGNet's stem)."""
+        before = node_shape(source)
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        if before is None or not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
+            return False
+        return len(pad) <= 2 * (len(before) - 1 - self.layout(source).dim)

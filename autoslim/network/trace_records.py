@@ -88,14 +88,14 @@ class Trace:
     node_layouts: dict[str, Layout] = field(repr=False, default_factory=dict)  # inference graph node -> layout
     train_error: str | None = None  # why the training-mode graph could not be analysed (it has train-only layers)
     parameters: list[ParameterUse] = field(default_factory=list)
-    opaque: list[str] = field(default_factory=list)  # inference graph nodes calling a leaf module whole
+    opaque: list[str] = field(default_factory=list)  # inference graph nodes run whole: leaf modules, unsupported ops
     _opaque_macs: dict[int, int] = field(repr=False, default_factory=dict)  # input size -> their MACs
 
     def unit_index(self) -> dict[str, int]:
         return {unit.name: i for i, unit in enumerate(self.units)}
 
     def opaque_macs(self, input_size: int) -> int:
-        """MACs per sample of the leaf modules called whole (``fx_graph.leaf_module``), at ``input_size``."""
+        """MACs per sample of the calls run whole (leaf modules, frozen unsupported operations) at ``input_size``."""
         if not self.opaque:
             return 0
         if input_size not in self._opaque_macs:
