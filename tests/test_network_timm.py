@@ -49,6 +49,8 @@ FAMILIES = [
     ("MobileOne", "mobileone_s0", 0.6),  # likewise: 4 of 6
     ("CSPResNet", "cspresnet50", 0.7),  # each cross-stage block splits its input along the channels
     ("ConvNeXt", "convnext_atto", 0.85),
+    ("VGG", "vgg11", 0.6),  # its head (ConvMlp) has control flow: a leaf module, called whole
+    ("EfficientViT", "efficientvit_b0", 0.75),  # its attention (LiteMLA) likewise
 ]
 
 
