@@ -107,7 +107,8 @@ def unit_records(supernet: Supernet) -> list[dict[str, Any]]:
 
 
 def rebuild_supernet(state: dict[str, Any], *, source: str = "checkpoint") -> tuple[SearchSpace, Supernet]:
-    """The space and an untrained supernet with the architecture recorded in ``state``.
+    """The space and an untrained supernet with the architecture recorded in ``state``: the space's, or, for a run
+    started from a trained network (``train-supernet --init``), the space's narrowed to the recorded ``widths``.
 
     Raises:
         ValueError: the space cannot be loaded, or its units differ from the recorded ones (the space file
@@ -118,7 +119,8 @@ def rebuild_supernet(state: dict[str, Any], *, source: str = "checkpoint") -> tu
     settings = settings_from_dict(state["settings"], source)
     options = state["space_options"]
     space = configure_space(load_space(settings.space), width_mult=options.get("width_mult"))
-    supernet = build_supernet(space, num_classes=options["num_classes"], input_size=options["input_size"])
+    supernet = build_supernet(space, num_classes=options["num_classes"], input_size=options["input_size"],
+                              widths=state.get("widths"))
     if unit_records(supernet) != state["units"]:
         raise ValueError(f"{source}: the channel units of space {settings.space!r} differ from the ones the run was "
                          "trained with (was the space file changed?)")
