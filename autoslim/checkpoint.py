@@ -2,7 +2,9 @@
 
 A checkpoint describes itself: besides the weights, optimizer, scheduler, RNG states, epoch and step it
 holds the space name and options (classes, input size), the channel units, the dataset with its
-train/search split and the settings, so the supernet and its data can be rebuilt from it alone. It holds
+train/search split and the settings, so the supernet and its data can be rebuilt from it alone. A run started
+from a trained network (``train-supernet --init``) also holds ``widths``, the maxima of its supernet where they
+are narrower than the space's, and ``init``, where its weights came from and their test accuracy as loaded. It holds
 only tensors and plain Python values (never pickled modules) and is read with
 ``torch.load(weights_only=True)``; an unreadable or truncated file is a ``ValueError`` naming it.
 

@@ -82,7 +82,8 @@ def _load(file: Path) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise ValueError(f"{file}: reading .safetensors needs the safetensors package: pip install safetensors") from None
+            raise ValueError(f"{file}: reading .safetensors needs the safetensors package: "
+                             "pip install safetensors") from None
         try:
             return load_file(str(file), device="cpu")
         except Exception as error:  # its own and I/O errors alike: one line, never a traceback
@@ -94,10 +95,11 @@ def _load(file: Path) -> Any:
         except Exception as error:
             pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
             if pickled:
-                raise ValueError(f"{file} holds pickled Python objects ({pickled.group(1)}), not only tensors, so it is "
-                                 "not loaded: save the weights with torch.save(model.state_dict(), path)") from None
+                raise ValueError(f"{file} holds pickled Python objects ({pickled.group(1)}), not only tensors, "
+                                 "so it is not loaded: save torch.save(model.state_dict(), path) instead") from None
             if "TorchScript" not in str(error):
-                raise ValueError(f"{file} is not a readable weights file (truncated or corrupt?): {_reason(error)}") from None
+                raise ValueError(f"{file} is not a readable weights file (truncated or corrupt?): "
+                                 f"{_reason(error)}") from None
         try:  # a TorchScript archive (export-config --model): its module's state dict
             return torch.jit.load(str(file), map_location="cpu").state_dict()
         except Exception as error:

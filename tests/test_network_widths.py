@@ -72,7 +72,8 @@ def test_a_network_narrower_than_every_uniform_one_has_no_fitting_width(supernet
     (lambda w: [w.update({"x." + k: w.pop(k)}) for k in list(w)],
      r"missing key 'stem.0.weight' \(and 26 more\) of the network, unexpected key 'x.stem.0.weight' \(and 31 more\): "
      "the weights of another architecture"),
-    (lambda w: w.update({"fc.weight": torch.zeros(5, 96)}), r"'fc.weight' has shape \[5, 96\], but the network needs \[10, 96\]"),
+    (lambda w: w.update({"fc.weight": torch.zeros(5, 96)}),
+     r"'fc.weight' has shape \[5, 96\], but the network needs \[10, 96\]"),
     (lambda w: w.update({"block.1.weight": torch.zeros(96, 90, 3, 3)}), r"'block.1.weight' has shape \[96, 90, 3, 3\]"),
     (lambda w: w.update({"fc.bias": [0.0] * 10}), "'fc.bias' is a list, not a tensor"),
 ])

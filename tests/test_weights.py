@@ -1,4 +1,4 @@
-"""Reading a trained network's weights: state dict files, training checkpoints, safetensors, TorchScript, retrain dirs."""
+"""Reading a trained network's weights: state dicts, training checkpoints, safetensors, TorchScript, retrain dirs."""
 
 import hashlib
 
@@ -54,9 +54,11 @@ def test_safetensors_and_torchscript(tmp_path, network):
 
 @pytest.mark.parametrize("content, message", [
     (b"not a checkpoint", "is not a readable weights file (truncated or corrupt?)"),
-    ({"format": "autoslim-supernet/1", "model": {}}, "is an autoslim checkpoint of format 'autoslim-supernet/1', not a trained network"),
+    ({"format": "autoslim-supernet/1", "model": {}},
+     "is an autoslim checkpoint of format 'autoslim-supernet/1', not a trained network"),
     ({"format": "autoslim-retrain/1", "network": "joint", "model": {}}, "holds a joint retraining of several configs"),
-    ({"epoch": 3, "arch": "resnet"}, "holds no state dict (parameter names -> tensors), nor one under state_dict, model"),
+    ({"epoch": 3, "arch": "resnet"},
+     "holds no state dict (parameter names -> tensors), nor one under state_dict, model"),
     ([1, 2], "holds no state dict"),
     ("module", "holds pickled Python objects (search_spaces.models.DigitsCNN), not only tensors"),
 ])

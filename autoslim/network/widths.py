@@ -59,7 +59,8 @@ def check_keys(expected: Mapping[str, Tensor], weights: Mapping[str, Any], *, wh
         raise ValueError(f"{where}: unexpected key {extra[0]!r}{more(extra)}, which {what} does not have")
 
 
-def widths_of(supernet: Supernet, weights: Mapping[str, Any], *, where: str, what: str, hint: str = "") -> dict[str, int]:
+def widths_of(supernet: Supernet, weights: Mapping[str, Any], *, where: str, what: str, hint: str = ""
+              ) -> dict[str, int]:
     """The count of every slimmable unit in ``weights``: the output dimension of the unit's first producer.
 
     A unit whose producer's weight is absent or not a tensor keeps its maximum (:func:`load_weights` names it).
@@ -123,7 +124,7 @@ def narrow(supernet: Supernet, widths: Mapping[str, int], *, groups: int, diviso
     Args:
         supernet: the space's supernet; it is left as it was.
         widths: a count for every slimmable unit, each at most its maximum.
-        groups, divisor, min_ratio: the channel-choice rules of the space (see :func:`~autoslim.network.supernet.convert`).
+        groups, divisor, min_ratio: the space's channel-choice rules (:func:`~autoslim.network.supernet.convert`).
     """
     widths = supernet.validate_config(widths)
     width = fitting_width(supernet, widths)

@@ -5,7 +5,9 @@ A channel config is worth what the network built from it reaches when trained on
 config was searched from; :func:`load_configs` checks the config files against their space;
 :func:`build_network` builds the static network of one config (or the joint network of several) with fresh
 weights; :func:`uniform_baseline` picks the uniform-width network of at most a config's MACs; and
-:func:`load_retrained` reopens a trained network from its directory. :mod:`autoslim.training.retraining` trains them.
+:func:`load_retrained` reopens a trained network from its directory. :func:`supernet_run` reopens the supernet
+run a network is sliced from when it starts from the supernet's weights (``retrain --init supernet``).
+:mod:`autoslim.training.retraining` trains them.
 """
 
 from __future__ import annotations
@@ -26,13 +28,11 @@ from ..spaces import SearchSpace, build_supernet, configure_space, load_space
 from .joint import JointNetwork
 from .settings import TrainSettings, load_settings, resolve_settings, settings_from_dict
 
-__all__ = ["FORMAT", "BASELINES", "INITS", "RetrainSettings", "resolve_retrain", "load_configs", "build_network",
+__all__ = ["FORMAT", "BASELINES", "RetrainSettings", "resolve_retrain", "load_configs", "build_network",
            "uniform_baseline", "supernet_run", "read_retrained", "load_retrained"]
 
 FORMAT = "autoslim-retrain/1"
 BASELINES = ("uniform",)
-INITS = ("scratch", "supernet")
-"""Where a retrained network's weights start (besides a supernet run's directory): fresh, or the config's supernet."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,12 @@ trains it with the space's full recipe (:func:`autoslim.training.retrain_setup.r
 split and augmentation of supernet training, SGD with Nesterov momentum, linear warm-up then cosine decay
 per step, label smoothing and no weight decay on BatchNorm and biases. It then tests it on the test split.
 
+With ``init`` set (``retrain --init supernet``, :func:`autoslim.training.retrain_setup.resolve_retrain`), the
+network starts instead from the trained supernet's weights at its config, BatchNorm recalibrated for it
+(:func:`autoslim.training.warm_start.sliced_network`), and fine-tunes briefly: the fast alternative to a full run.
+Its summary records the test accuracy of that start (``init_accuracy``); the uniform baseline is then the widest
+uniform network of the supernet within the config's MACs, sliced from it too.
+
 ``baseline="uniform"`` also trains, with the same recipe and seed, the uniform-width network whose MACs
 are the largest not above the config's (:func:`autoslim.training.retrain_setup.uniform_baseline`), in ``OUT/uniform``.
 Several configs given together are trained as one slimmable network with switchable BatchNorm

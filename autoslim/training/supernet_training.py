@@ -12,6 +12,15 @@ A re-run into the same directory resumes. The loop, the run directory and the st
 :mod:`autoslim.training.trainer`; the subnets are drawn from the seed, rank and step, so an interrupted and resumed
 run ends with the same weights as an uninterrupted one on CPU.
 
+A run given ``settings.init`` starts from a trained network instead of fresh weights
+(:func:`autoslim.training.warm_start.supernet_from_weights`): the supernet is built at the widths of its state dict,
+so that its largest config is that network, loaded with the network's BatchNorm statistics and channel-ordered.
+The largest config is then tested as loaded, without recalibration (``init_accuracy`` in ``summary.json``: the
+trained network's own accuracy), and the sandwich rule fine-tunes it with the defaults of
+:func:`~autoslim.training.settings.resolve_settings` for a run given ``init``. The checkpoint records the widths
+(``widths``) and the start (``init``), so a resumed run, ``load_run``, the search and the export rebuild the same
+supernet without the weights file.
+
 Under ``torchrun`` the run is data-parallel (DistributedDataParallel, gloo on CPU, nccl on CUDA): the
 global batch is split over the ranks, each rank samples its own subnets (seed + rank), gradients are
 all-reduced once per step (``no_sync`` for the first ``num_subnets - 1`` passes) and only rank 0 writes.
@@ -81,14 +90,17 @@ def train_supernet(settings: TrainSettings, out_dir: str | os.PathLike, *, resum
             (``loss_largest``, ``loss_smallest``, ``lr``, ``images_per_second``) and epoch (``largest_accuracy``,
             ``smallest_accuracy`` and their losses), and at the end (on rank 0 only).
 
+    A run from ``settings.init`` adds ``init``, ``init_sha256``, ``init_accuracy`` and ``init_loss`` to the summary.
+
     Returns:
         The trained supernet and the summary; ``interrupted`` when Ctrl-C / SIGTERM stopped it after a
         checkpoint was written.
 
     Raises:
         ValueError: bad settings, a batch larger than the data, another run in ``out_dir`` (without
-            ``force``), an unreadable checkpoint.
-        FileNotFoundError: the dataset is not where it was looked for.
+            ``force``, or started from other weights), an unreadable checkpoint, ``init`` weights that do not fit
+            the space (naming the first bad key).
+        FileNotFoundError: the dataset or the ``init`` weights are not where they were looked for.
         DivergedError: the loss became NaN or infinite (the last good checkpoint is kept).
     """
     out = Path(out_dir)
@@ -294,7 +306,8 @@ class _SupernetTrainer(Trainer):
         with self._autocast():
             accuracy, loss = evaluate(self.supernet, self._prepare(self.data.batches("test", size, device=self.device)))
         if not math.isfinite(loss):
-            raise ValueError(f"{self.settings.init}: the trained network's test loss is {loss}: are the weights broken?")
+            raise ValueError(f"{self.settings.init}: the trained network's test loss is {loss}: "
+                             "are the weights broken?")
         return {"init_accuracy": round(accuracy, 6), "init_loss": round(loss, 6)}
 
     def _prepare(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:

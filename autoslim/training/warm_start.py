@@ -99,5 +99,6 @@ def check_init(out: Path, noun: str, saved: str | None, given: str | None, *, st
     if saved == given:
         return
     again = flags[0].replace("PATH", saved) if saved is not None else flags[1]
-    raise ValueError(f"{out} holds a {noun} {describe_init(saved, start=start)}, not {describe_init(given, start=start)}: "
-                     f"continue it with {again}, use another --out, or --force to start over")
+    raise ValueError(f"{out} holds a {noun} {describe_init(saved, start=start)}, not "
+                     f"{describe_init(given, start=start)}: continue it with {again}, use another --out, or --force to "
+                     "start over")
