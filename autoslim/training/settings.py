@@ -34,10 +34,14 @@ FULL_RUN_EPOCHS = 30
 """The epochs of a space's recipe that does not name them."""
 FINE_TUNE_FRACTION = 0.05
 """The share of the recipe's epochs that a run starting from trained weights (``init``) trains for by default: a
-quarter of a supernet's 20% from scratch (2 epochs of the digits recipe, 10 of CIFAR's, 12 of ImageNet's 250)."""
+quarter of a supernet's 20% from scratch (2 epochs of the digits recipe, 10 of CIFAR's, 12 of ImageNet's 250).
+Measured once on digits (a trained 1.0x digits CNN, 98.9%): 2 epochs bring its 0.5x network to 90.5%, where a
+supernet trained from scratch for 6 epochs reaches 91.9% and 6 fine-tuning epochs 93.6%; the narrowest configs
+need longer (53% at 2 epochs, 71% at 6), so give ``--epochs`` where the budget is near them."""
 FINE_TUNE_LR_SCALE = 0.1
 """The default peak learning rate of a run starting from trained weights, as a share of the recipe's: the rate a
-step schedule reaches after its first decay, small enough to keep what the weights learnt."""
+step schedule reaches after its first decay, small enough to keep what the weights learnt (on digits, 2 epochs at
+the recipe's rate took the trained network from 98.9% to 94.4%; at a tenth it stayed at 98.9%)."""
 
 
 @dataclass(frozen=True)
