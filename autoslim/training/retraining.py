@@ -40,11 +40,11 @@ from ..checkpoint import CHECKPOINT_NAME
 from ..devices import resolve_device
 from ..interrupt import StopRequest
 from ..io import read_yaml, write_yaml
+from ..network.supernet import Supernet
+from ..seeds import derive_seed
 from ..spaces import SearchSpace, space_options
 from .calibrate import evaluate
 from .joint import JointNetwork
-from ..network.supernet import Supernet
-from ..seeds import derive_seed
 from .retrain_setup import (BASELINES, FORMAT, RetrainSettings, build_network, load_configs, load_retrained,
                             read_retrained, resolve_retrain, supernet_run, uniform_baseline)
 from .settings import TrainSettings
