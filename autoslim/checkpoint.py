@@ -2,7 +2,9 @@
 
 A checkpoint describes itself: besides the weights, optimizer, scheduler, RNG states, epoch and step it
 holds the space name and options (classes, input size), the channel units, the dataset with its
-train/search split and the settings, so the supernet and its data can be rebuilt from it alone. It holds
+train/search split and the settings, so the supernet and its data can be rebuilt from it alone. A run started
+from a trained network (``train-supernet --init``) also holds ``widths``, the maxima of its supernet where they
+are narrower than the space's, and ``init``, where its weights came from and their test accuracy as loaded. It holds
 only tensors and plain Python values (never pickled modules) and is read with
 ``torch.load(weights_only=True)``; an unreadable or truncated file is a ``ValueError`` naming it.
 
@@ -107,7 +109,8 @@ def unit_records(supernet: Supernet) -> list[dict[str, Any]]:
 
 
 def rebuild_supernet(state: dict[str, Any], *, source: str = "checkpoint") -> tuple[SearchSpace, Supernet]:
-    """The space and an untrained supernet with the architecture recorded in ``state``.
+    """The space and an untrained supernet with the architecture recorded in ``state``: the space's, or, for a run
+    started from a trained network (``train-supernet --init``), the space's narrowed to the recorded ``widths``.
 
     Raises:
         ValueError: the space cannot be loaded, or its units differ from the recorded ones (the space file
@@ -118,7 +121,8 @@ def rebuild_supernet(state: dict[str, Any], *, source: str = "checkpoint") -> tu
     settings = settings_from_dict(state["settings"], source)
     options = state["space_options"]
     space = configure_space(load_space(settings.space), width_mult=options.get("width_mult"))
-    supernet = build_supernet(space, num_classes=options["num_classes"], input_size=options["input_size"])
+    supernet = build_supernet(space, num_classes=options["num_classes"], input_size=options["input_size"],
+                              widths=state.get("widths"))
     if unit_records(supernet) != state["units"]:
         raise ValueError(f"{source}: the channel units of space {settings.space!r} differ from the ones the run was "
                          "trained with (was the space file changed?)")

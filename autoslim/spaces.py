@@ -19,7 +19,7 @@ import importlib.util
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .io import read_yaml
 
@@ -233,8 +233,14 @@ def build_model(space: SearchSpace, *, width: float | None = None, num_classes: 
     return model
 
 
-def build_supernet(space: SearchSpace, *, num_classes: int | None = None, input_size: int | None = None) -> Supernet:
-    """Trace the space's network at its supernet width and convert it into a :class:`Supernet`."""
+def build_supernet(space: SearchSpace, *, num_classes: int | None = None, input_size: int | None = None,
+                   widths: Mapping[str, int] | None = None) -> Supernet:
+    """Trace the space's network at its supernet width and convert it into a :class:`Supernet`.
+
+    Args:
+        widths: the maximum of every slimmable unit, where the supernet is a trained network narrower than the
+            space's (:func:`autoslim.network.widths.narrow`; None: the space's own maxima).
+    """
     from .network.supernet import convert
 
     num_classes = space.num_classes if num_classes is None else num_classes
@@ -243,9 +249,14 @@ def build_supernet(space: SearchSpace, *, num_classes: int | None = None, input_
     if space.width_arg:
         def uniform(width: float) -> dict[str, int]:
             return _uniform_counts(space, width, num_classes, input_size)
-    return convert(build_model(space, num_classes=num_classes), in_channels=space.in_channels, input_size=input_size,
-                   groups=space.groups, divisor=space.divisor, min_ratio=space.min_ratio,
-                   width_mult=space.width_mult, uniform=uniform)
+    supernet = convert(build_model(space, num_classes=num_classes), in_channels=space.in_channels,
+                       input_size=input_size, groups=space.groups, divisor=space.divisor, min_ratio=space.min_ratio,
+                       width_mult=space.width_mult, uniform=uniform)
+    if widths is None:
+        return supernet
+    from .network.widths import narrow
+
+    return narrow(supernet, widths, groups=space.groups, divisor=space.divisor, min_ratio=space.min_ratio)
 
 
 _UNIFORM_CACHE: dict[tuple, dict[str, int]] = {}

@@ -80,9 +80,11 @@ def cli() -> None:
     autoslim spaces [--units NAME]                  the search spaces and their channel units
     autoslim cost SPACE --width 1.0                 exact MACs and parameters of a config
     autoslim train-supernet --space SPACE --out RUN train a slimmable supernet
+             ... --init WEIGHTS                     starting from your trained network
     autoslim search RUN --flops 300M                greedy slimming, one config per budget
     autoslim export-config SEARCH --flops 300M      the config (and a standalone model)
     autoslim retrain CONFIG.yaml --baseline uniform train it from scratch beside the uniform net
+             ... --init supernet                    or fine-tune it from the supernet's weights
 
     "FLOPs" are multiply-accumulates (MACs) of conv and linear layers, as in the paper.
     """

@@ -43,6 +43,11 @@ def _search_size(value: str | None) -> int | float | None:
 @click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), help="channels_last memory format (auto: off).")
 @click.option("--width-mult", type=float,
               help="Supernet width, for spaces whose builder takes one (torchvision:mobilenet_v2; default: the space's).")
+@click.option("--init", "init", type=click.Path(), metavar="WEIGHTS",
+              help="Start from a trained network of SPACE: a state dict (.pt, .pth, .safetensors: your own, "
+              "torchvision's or timm's; nothing is downloaded), a TorchScript file or a retrain directory. The "
+              "supernet is built at its widths, its channels ordered by importance, then fine-tuned; the defaults "
+              "suit fine-tuning: 5% of the recipe's epochs, a tenth of its learning rate, no warm-up.")
 @click.option("--log-every", type=int, help="Steps between rows of metrics.csv (default 50).")
 @click.option("--out", "out_dir", type=click.Path(), help="Run directory (default runs/SPACE).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out with its own settings.")
@@ -50,13 +55,17 @@ def _search_size(value: str | None) -> int | float | None:
 def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, download: bool, epochs: int | None,
                    fraction: float | None, batch_size: int | None, lr: float | None, schedule: str | None, num_subnets: int | None,
                    seed: int | None, search_size: str | None, device: str | None, amp: str | None,
-                   channels_last: str | None, width_mult: float | None, log_every: int | None, out_dir: str | None, resume: bool,
-                   force: bool) -> None:
+                   channels_last: str | None, width_mult: float | None, init: str | None, log_every: int | None,
+                   out_dir: str | None, resume: bool, force: bool) -> None:
     """Train a universally slimmable supernet of SPACE (sandwich rule, in-place distillation).
 
     Writes checkpoint.pt, metrics.csv, run.yaml and summary.json into --out. Re-running into the same
     directory resumes; Ctrl-C saves a checkpoint first. Data-parallel:
     `torchrun --nproc-per-node N $(which autoslim) train-supernet ...`.
+
+    With --init the supernet starts as a trained network (its largest config), and summary.json records that
+    network's test accuracy (init_accuracy, its own BatchNorm statistics). The weights are already good, so the
+    fine-tune is short and gentle: the full recipe's rate would undo them, and warm-up only protects random ones.
     """
     if epochs is not None and fraction is not None:
         raise click.UsageError("give --epochs or --fraction, not both")
@@ -68,7 +77,7 @@ def train_supernet(space_name: str, dataset: str | None, data_dir: str | None, d
     settings = resolve_settings(
         space, fraction=fraction, dataset=dataset, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
         num_subnets=num_subnets, seed=seed, search_size=_search_size(search_size), device=device, amp=amp,
-        channels_last=channels_last, log_every=log_every,
+        channels_last=channels_last, log_every=log_every, init=init,
         width_mult=width_mult if width_mult is None else space.width_mult)
     out = out_dir or os.path.join("runs", space.name.replace(":", "_").replace("/", "_"))
     keep_memory_on_cpu(settings.device)
@@ -96,5 +105,8 @@ def _print_summary(summary: dict, out: str) -> None:
     frame = pd.DataFrame(rows, columns=["config", "MACs", "params", "test accuracy", "test loss"])
     print_frame(frame, title=f"{summary['space']} supernet on {summary['dataset']}, {summary['epochs']} epochs",
                 right={"MACs", "params", "test accuracy", "test loss"})
+    if summary.get("init") is not None:
+        console.print(f"started from {summary['init']}: test accuracy {summary['init_accuracy']:.4f} as loaded "
+                      "(the trained network's own BatchNorm statistics)")
     console.print(f"{summary['seconds']:.0f} s ({summary['seconds_per_epoch'] or 0:.1f} s/epoch, "
                   f"{summary['images_per_second'] or 0:,.0f} img/s) on {summary['device']}; run saved in {out}")

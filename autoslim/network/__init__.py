@@ -9,7 +9,8 @@
 - :mod:`~autoslim.network.cost`: MACs and parameters of any config, by arithmetic;
 - :mod:`~autoslim.network.supernet`: ``Supernet`` and ``convert``;
 - :mod:`~autoslim.network.static`: ``materialize``, the plain network of a config;
-- :mod:`~autoslim.network.ordering`: ``sort_channels``, channels ordered by importance.
+- :mod:`~autoslim.network.ordering`: ``sort_channels``, channels ordered by importance;
+- :mod:`~autoslim.network.widths`: a supernet whose maximum is a trained network (its widths, its weights checked).
 """
 
 from .units import make_divisible, unit_choices, ChannelUnit
@@ -23,10 +24,12 @@ from .cost import Cost, CostModel, count_parameters
 from .supernet import Supernet, convert, Config, uniform_within, UNIFORM_WIDTHS
 from .static import materialize, to_static
 from .ordering import sort_channels, channel_importance, IMPORTANCES
+from .widths import widths_of, narrow, fitting_width, check_keys, load_weights
 
 __all__ = ["make_divisible", "unit_choices", "ChannelUnit", "SlimConv2d", "SlimLinear", "SlimBatchNorm2d",
            "SlimLayerNorm", "SlimLayerNorm2d", "SLIM_TYPES", "to_slim", "Ranges", "is_layer_norm_2d", "replace_module",
            "slice_parameters", "set_parameter_count", "unslice_parameters", "Segment", "Layout", "LayerCall",
            "ParameterUse", "Trace", "input_count", "LeafTracer", "symbolic_trace", "propagate_shapes", "trace_model",
            "Cost", "CostModel", "count_parameters", "Supernet", "convert", "Config", "uniform_within", "UNIFORM_WIDTHS",
-           "materialize", "to_static", "sort_channels", "channel_importance", "IMPORTANCES"]
+           "materialize", "to_static", "sort_channels", "channel_importance", "IMPORTANCES", "widths_of", "narrow",
+           "fitting_width", "check_keys", "load_weights"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from functools import partial
 from typing import Callable, Mapping, Optional
 
 from torch import Tensor, nn
@@ -191,14 +192,17 @@ class Supernet(nn.Module):
         """
         if not 0 < width <= self.width_mult + 1e-9:
             raise ValueError(f"width {width} is outside the supernet's range (0, {self.width_mult:g}]")
-        known = self._uniform(width) if self._uniform is not None else {}
-        config = {}
-        for unit in self.slimmable_units:
-            count = known.get(unit.name)
-            if count is None:
-                count = make_divisible(unit.maximum / self.width_mult * width, math.lcm(8, unit.multiple))
-            config[unit.name] = max(1, min(unit.maximum, count))
-        return config
+        return self.family_widths()(width)
+
+    def family_widths(self) -> Callable[[float], dict[str, int]]:
+        """``width -> uniform_config(width)`` without the range check, as a function that holds no weights.
+
+        A supernet built from this one at other maxima (:func:`autoslim.network.widths.narrow`) keeps it as its
+        ``uniform``, so that its uniform configs stay the networks of this supernet's family.
+        """
+        bases = [(unit.name, unit.maximum / self.width_mult, math.lcm(8, unit.multiple), unit.maximum)
+                 for unit in self.slimmable_units]
+        return partial(_uniform_counts, self._uniform, bases)
 
     # -- cost and forward ------------------------------------------------------------------------
 
@@ -219,6 +223,20 @@ class Supernet(nn.Module):
         if self.training and self.trace.train_error:
             raise ValueError(self.trace.train_error)
         return self.model(x)
+
+
+def _uniform_counts(known_counts: Callable[[float], dict[str, int]] | None,
+                    bases: list[tuple[str, float, int, int]], width: float) -> dict[str, int]:
+    """The uniform config at ``width``: the family's own counts where ``known_counts`` gives them, else each unit's
+    ``make_divisible(base * width, step)``; every count within 1..maximum. ``bases``: (name, base, step, maximum)."""
+    known = known_counts(width) if known_counts is not None else {}
+    config = {}
+    for name, base, step, maximum in bases:
+        count = known.get(name)
+        if count is None:
+            count = make_divisible(base * width, step)
+        config[name] = max(1, min(maximum, count))
+    return config
 
 
 def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, groups: int = 10, divisor: int = 8,

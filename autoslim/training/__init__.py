@@ -7,7 +7,9 @@
 - :mod:`~autoslim.training.settings`: ``TrainSettings``, resolved from a space's recipe;
 - :mod:`~autoslim.training.supernet_training`: ``train_supernet`` (the train-supernet command's library half);
 - :mod:`~autoslim.training.retraining`: ``retrain``, with :mod:`~autoslim.training.retrain_setup` (its settings,
-  configs and networks) and :mod:`~autoslim.training.joint` (several configs trained as one network).
+  configs and networks) and :mod:`~autoslim.training.joint` (several configs trained as one network);
+- :mod:`~autoslim.training.warm_start`: starting from trained weights (a supernet from a trained network, a
+  network sliced from a supernet).
 
 Names are imported from their modules on first use, so that reading a space's recipe
 (:mod:`~autoslim.training.settings`) does not import torch.
@@ -30,6 +32,8 @@ _EXPORTS = {
     "space_reference": "settings",
     "recipe_settings": "settings",
     "FULL_RUN_EPOCHS": "settings",
+    "FINE_TUNE_FRACTION": "settings",
+    "FINE_TUNE_LR_SCALE": "settings",
     "WarmupCosine": "optim",
     "OneCycle": "optim",
     "lr_factor": "optim",
@@ -52,6 +56,7 @@ _EXPORTS = {
     "train_supernet": "supernet_training",
     "TrainResult": "supernet_training",
     "BASELINES": "retrain_setup",
+    "supernet_run": "retrain_setup",
     "RetrainSettings": "retrain_setup",
     "resolve_retrain": "retrain_setup",
     "load_configs": "retrain_setup",
@@ -63,6 +68,10 @@ _EXPORTS = {
     "retrain": "retraining",
     "SwitchableBatchNorm2d": "joint",
     "JointNetwork": "joint",
+    "supernet_from_weights": "warm_start",
+    "sliced_network": "warm_start",
+    "check_init": "warm_start",
+    "describe_init": "warm_start",
 }
 
 __all__ = list(_EXPORTS)

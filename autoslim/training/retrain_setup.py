@@ -5,7 +5,9 @@ A channel config is worth what the network built from it reaches when trained on
 config was searched from; :func:`load_configs` checks the config files against their space;
 :func:`build_network` builds the static network of one config (or the joint network of several) with fresh
 weights; :func:`uniform_baseline` picks the uniform-width network of at most a config's MACs; and
-:func:`load_retrained` reopens a trained network from its directory. :mod:`autoslim.training.retraining` trains them.
+:func:`load_retrained` reopens a trained network from its directory. :func:`supernet_run` reopens the supernet
+run a network is sliced from when it starts from the supernet's weights (``retrain --init supernet``).
+:mod:`autoslim.training.retraining` trains them.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from torch import nn
 from ..channel_config import ChannelConfig, load_config
 from ..checkpoint import CHECKPOINT_NAME, read_state
 from ..network.static import materialize
-from ..network.supernet import uniform_within
+from ..network.supernet import Supernet, uniform_within
 from ..spaces import SearchSpace, build_supernet, configure_space, load_space
 from .joint import JointNetwork
 from .settings import TrainSettings, load_settings, resolve_settings, settings_from_dict
 
 __all__ = ["FORMAT", "BASELINES", "RetrainSettings", "resolve_retrain", "load_configs", "build_network",
-           "uniform_baseline", "read_retrained", "load_retrained"]
+           "uniform_baseline", "supernet_run", "read_retrained", "load_retrained"]
 
 FORMAT = "autoslim-retrain/1"
 BASELINES = ("uniform",)
@@ -54,27 +56,37 @@ class RetrainSettings:
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
         if self.baseline is not None and len(self.configs) > 1:
             raise ValueError("--baseline compares one config with the uniform network; it does not combine with --joint")
+        if self.train.init is not None and len(self.configs) > 1:
+            raise ValueError("--init supernet fine-tunes one config (and its baseline); train --joint configs with "
+                             "--init scratch")
 
     def to_dict(self) -> dict[str, Any]:
         return {"configs": list(self.configs), "baseline": self.baseline, "settings": self.train.to_dict()}
 
 
 def resolve_retrain(config: str | os.PathLike, *, joint: Sequence[str | os.PathLike] = (), baseline: str | None = None,
-                    **overrides: Any) -> RetrainSettings:
+                    init: str | None = None, **overrides: Any) -> RetrainSettings:
     """Settings of a retraining: the config's space's full recipe, overridden by ``overrides``.
 
     Without ``epochs`` the network trains for the recipe's epochs (a full run, not the supernet's fraction).
     The dataset, data directory, seed and search split default to those of the supernet run the config
     was searched from (its ``source.run``), so the network trains on the same images; else to the space's.
 
+    A network that starts from the supernet's weights (``init``) fine-tunes instead, with the defaults of
+    :func:`~autoslim.training.settings.resolve_settings` for a run given ``init``: 5% of the recipe's epochs, a
+    tenth of its learning rate, no warm-up.
+
     Args:
         config: the config file.
         joint: more config files to train with it as one network (switchable BatchNorm).
         baseline: ``uniform`` to train the uniform-width network beside it.
+        init: where the weights start: ``scratch`` (fresh weights), ``supernet`` (sliced from the config's supernet
+            run, its ``source.run``) or a supernet run directory. None: ``supernet`` when that run itself started
+            from a trained network (``train-supernet --init``), else ``scratch``.
         overrides: :class:`~autoslim.training.settings.TrainSettings` fields (None values are ignored).
 
     Raises:
-        FileNotFoundError: a config file is missing.
+        FileNotFoundError: a config file is missing, or the supernet run to start from.
         ValueError: a malformed config, an unknown space, a bad setting.
     """
     paths = tuple(str(Path(p).resolve()) for p in (config, *joint))
@@ -85,8 +97,46 @@ def resolve_retrain(config: str | os.PathLike, *, joint: Sequence[str | os.PathL
         for key in ("dataset", "data_dir", "seed", "search_size"):
             if overrides.get(key) is None:
                 overrides[key] = getattr(source, key)
-    fraction = None if overrides.get("epochs") is not None else 1.0
+    overrides["init"] = _init_run(init, main, paths[0], source)
+    fraction = None if overrides.get("epochs") is not None or overrides["init"] is not None else 1.0
     return RetrainSettings(paths, resolve_settings(space, fraction=fraction, **overrides), baseline)
+
+
+def _init_run(init: str | None, config: ChannelConfig, path: str, source: TrainSettings | None) -> str | None:
+    """The supernet run a retraining starts from (None: from scratch), as :func:`resolve_retrain`'s ``init`` says."""
+    run = config.source.get("run") if isinstance(config.source, dict) else None
+    if init is None:
+        init = "supernet" if source is not None and source.init is not None else "scratch"
+    if init == "scratch":
+        return None
+    if init == "supernet":
+        if not run:
+            raise ValueError(f"{path} names no supernet run (source.run): pass --init RUN, the supernet run directory")
+        init = str(run)
+    if not (Path(init) / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"--init: {init} holds no supernet run ({CHECKPOINT_NAME}); pass --init scratch, or "
+                                "the directory of the supernet run")
+    return str(Path(init).resolve())
+
+
+def supernet_run(path: str, config: ChannelConfig, config_path: str, *, device: torch.device) -> Supernet:
+    """The trained supernet of the run at ``path``, checked to be the one ``config`` was made for, on ``device``.
+
+    Raises:
+        FileNotFoundError, ValueError: no run there, an unreadable checkpoint, a run of another space or one whose
+            supernet cannot hold the config (naming the unit).
+    """
+    from ..checkpoint import load_run
+
+    run = load_run(path, device=device)
+    if run.settings.space != config.space or dict(run.space_options) != dict(config.space_options):
+        raise ValueError(f"{config_path}: the config is for space {config.space!r} {dict(config.space_options)}, but "
+                         f"the supernet of {path} is of {run.settings.space!r} {dict(run.space_options)}")
+    try:
+        run.supernet.validate_config(config.channels)
+    except ValueError as error:
+        raise ValueError(f"{config_path} does not fit the supernet of {path}: {error}") from None
+    return run.supernet
 
 
 def _space_of(config: ChannelConfig, path: str) -> SearchSpace:
@@ -158,13 +208,18 @@ def build_network(space: SearchSpace, channels: Sequence[Mapping[str, int]], *, 
 
 
 def uniform_baseline(space: SearchSpace, config: ChannelConfig, macs: int, *, path: str, num_classes: int,
-                     input_size: int) -> tuple[float, ChannelConfig]:
+                     input_size: int, supernet: Supernet | None = None) -> tuple[float, ChannelConfig]:
     """The widest uniform network of at most ``macs``: its width and its config (whose source is ``path``).
+
+    Args:
+        supernet: the supernet it must be sliced from (``--init supernet``), whose uniform widths may end below the
+            space's (a supernet started from a trained network); None: the space's.
 
     Raises:
         ValueError: even the narrowest uniform width has more MACs.
     """
-    supernet = build_supernet(space, num_classes=num_classes, input_size=input_size)
+    if supernet is None:
+        supernet = build_supernet(space, num_classes=num_classes, input_size=input_size)
     found = uniform_within(supernet, macs=macs)
     if found is None:
         narrowest = supernet.cost(supernet.uniform_config(0.01)).macs

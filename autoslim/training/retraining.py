@@ -6,6 +6,12 @@ trains it with the space's full recipe (:func:`autoslim.training.retrain_setup.r
 split and augmentation of supernet training, SGD with Nesterov momentum, linear warm-up then cosine decay
 per step, label smoothing and no weight decay on BatchNorm and biases. It then tests it on the test split.
 
+With ``init`` set (``retrain --init supernet``, :func:`autoslim.training.retrain_setup.resolve_retrain`), the
+network starts instead from the trained supernet's weights at its config, BatchNorm recalibrated for it
+(:func:`autoslim.training.warm_start.sliced_network`), and fine-tunes briefly: the fast alternative to a full run.
+Its summary records the test accuracy of that start (``init_accuracy``); the uniform baseline is then the widest
+uniform network of the supernet within the config's MACs, sliced from it too.
+
 ``baseline="uniform"`` also trains, with the same recipe and seed, the uniform-width network whose MACs
 are the largest not above the config's (:func:`autoslim.training.retrain_setup.uniform_baseline`), in ``OUT/uniform``.
 Several configs given together are trained as one slimmable network with switchable BatchNorm
@@ -34,12 +40,16 @@ from ..checkpoint import CHECKPOINT_NAME
 from ..devices import resolve_device
 from ..interrupt import StopRequest
 from ..io import read_yaml, write_yaml
+from ..network.supernet import Supernet
+from ..seeds import derive_seed
 from ..spaces import SearchSpace, space_options
 from .calibrate import evaluate
 from .joint import JointNetwork
-from .retrain_setup import (BASELINES, FORMAT, RetrainSettings, build_network, load_configs, load_retrained, read_retrained, resolve_retrain, uniform_baseline)
+from .retrain_setup import (BASELINES, FORMAT, RetrainSettings, build_network, load_configs, load_retrained,
+                            read_retrained, resolve_retrain, supernet_run, uniform_baseline)
 from .settings import TrainSettings
 from .trainer import Report, RunKind, Trainer, open_run
+from .warm_start import check_init, sliced_network
 
 __all__ = ["FORMAT", "METRIC_COLUMNS", "BASELINES", "RetrainSettings", "RetrainResult", "resolve_retrain", "retrain",
            "build_network", "load_retrained"]
@@ -96,7 +106,8 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
         raise ValueError("retrain runs in a single process: start it without torchrun")
     out = Path(out_dir)
     space, configs, channels = load_configs(settings.configs)
-    train, state, ignored = open_run(out, settings.train, _run_kind(channels), resume=resume, force=force)
+    train, state, ignored = open_run(out, settings.train, _run_kind(channels, settings.train.init), resume=resume,
+                                     force=force)
     settings = replace(settings, train=train)
     data = load_dataset(train.dataset, data_dir=train.data_dir, download=download, seed=train.seed,
                         search_size=train.search_size)
@@ -107,7 +118,11 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
     if isinstance(width, bool) or not isinstance(width, (int, float)):
         width = None
     kind = "joint" if len(channels) > 1 else "searched" if width is None else "uniform"
-    main = _NetworkTrainer(kind, names, space, channels, settings, data, out, device, callback, width=width)
+    supernet = None
+    if train.init is not None:
+        supernet = supernet_run(train.init, configs[0], settings.configs[0], device=device)
+    main = _NetworkTrainer(kind, names, space, channels, settings, data, out, device, callback, width=width,
+                           supernet=supernet)
     main.begin(state, force=force)
     trainers = [main]
     if settings.baseline == "uniform":
@@ -122,17 +137,24 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
     return RetrainResult(out, main.summary(), main.model.eval(), baseline, interrupted, ignored)
 
 
-def _run_kind(channels: list[dict[str, int]]) -> RunKind:
+def _run_kind(channels: list[dict[str, int]], init: str | None) -> RunKind:
     def check_fresh(out: Path) -> None:
         saved = read_yaml(out / "run.yaml")
         if not isinstance(saved, dict) or saved.get("channels") != channels:
             raise ValueError(f"{out} holds another retraining (other channels); use another --out, or --force")
+        _check_init(out, (saved.get("settings") or {}).get("init"), init)
 
     def check_state(out: Path, state: dict[str, Any], saved: TrainSettings, given: TrainSettings) -> None:
         if state["channels"] != channels:
             raise ValueError(f"{out} holds a retraining of other channels; use another --out, or --force to replace it")
+        _check_init(out, saved.init, init)
 
     return RunKind("retraining", "a retraining", read_retrained, check_fresh, check_state)
+
+
+def _check_init(out: Path, saved: str | None, given: str | None) -> None:
+    check_init(out, "retraining", saved, given, start="fine-tuned from the supernet",
+               flags=("--init PATH", "--init scratch"))
 
 
 def _uniform_trainer(main: _NetworkTrainer, config: ChannelConfig, *, resume: bool, force: bool,
@@ -140,15 +162,15 @@ def _uniform_trainer(main: _NetworkTrainer, config: ChannelConfig, *, resume: bo
     """The trainer of the uniform network of at most the config's MACs, in ``OUT/uniform``."""
     data = main.data
     width, uniform = uniform_baseline(main.space, config, main.costs[0].macs, path=main.retraining.configs[0],
-                                      num_classes=data.num_classes, input_size=data.image_size)
+                                      num_classes=data.num_classes, input_size=data.image_size, supernet=main.supernet)
     out = main.out / "uniform"
-    train, state, _ = open_run(out, main.settings, _run_kind([uniform.channels]),
+    train, state, _ = open_run(out, main.settings, _run_kind([uniform.channels], main.settings.init),
                                resume=resume and (out / CHECKPOINT_NAME).exists(), force=force)
     path = out / "config.yaml"
     save_config(path, uniform)
     settings = RetrainSettings((str(path.resolve()),), train)
     trainer = _NetworkTrainer("uniform", [f"uniform-{width:g}x"], main.space, [uniform.channels], settings, data, out,
-                              main.device, callback, width=width)
+                              main.device, callback, width=width, supernet=main.supernet)
     trainer.begin(state, force=force)
     return trainer
 
@@ -161,11 +183,14 @@ class _NetworkTrainer(Trainer):
 
     def __init__(self, name: str, members: list[str], space: SearchSpace, channels: list[dict[str, int]],
                  settings: RetrainSettings, data: Any, out: Path, device: torch.device,
-                 callback: Callable[[str, Report], None] | None, *, width: float | None) -> None:
+                 callback: Callable[[str, Report], None] | None, *, width: float | None,
+                 supernet: Supernet | None = None) -> None:
         report = (lambda r: callback(name, r)) if callback is not None else None
         super().__init__(settings.train, out, device, data, callback=report)
         self.name, self.members, self.space, self.channels = name, members, space, channels
         self.retraining, self.width = settings, width
+        self.supernet = supernet  # the trained supernet a fresh start slices its weights from (--init supernet)
+        self.init: dict[str, Any] | None = None  # {init, init_accuracy, init_loss}: the sliced network's test
         self.extra: dict[str, Any] = {}
         self.what = f"training of the {name} network"
         self.loss_count = len(members)
@@ -190,11 +215,29 @@ class _NetworkTrainer(Trainer):
                              "started; pass the same data (--data-dir) or --force to start over")
         self._restore_training(state)
         self.evaluation = [tuple(pair) for pair in state["evaluation"]]
+        self.init = dict(state["init"]) if state.get("init") else None
+
+    def begin(self, state: dict[str, Any] | None, *, force: bool) -> None:
+        """As :meth:`Trainer.begin`; a fresh start with a supernet then takes its sliced weights (:meth:`_slice`)."""
+        super().begin(state, force=force)
+        if state is None and self.supernet is not None:
+            self._slice()
+
+    def _slice(self) -> None:
+        """Start from the supernet's weights at this config, BatchNorm recalibrated for it, and test that start."""
+        generator = torch.Generator().manual_seed(derive_seed("calibration", self.settings.seed))
+        size = min(self.settings.eval_batch_size, len(self.data.train))
+        batches = self.data.batches("train", size, shuffle=True, generator=generator, device=self.device)
+        with self._autocast():
+            sliced = sliced_network(self.supernet, self.channels[0], batches, self.settings.calib_batches)
+        self.network.load_state_dict(sliced.state_dict())
+        accuracy, loss = self._test()[0]
+        self.init = {"init": self.settings.init, "init_accuracy": round(accuracy, 6), "init_loss": round(loss, 6)}
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {"network": self.name, "space_options": self.space_options, "channels": self.channels,
                 "configs": list(self.retraining.configs), "split": self.data.split_info(),
-                "evaluation": [list(pair) for pair in self.evaluation]}
+                "evaluation": [list(pair) for pair in self.evaluation], "init": self.init}
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``: the first config's test accuracy and cost, the run's facts."""
@@ -208,7 +251,8 @@ class _NetworkTrainer(Trainer):
                    **{key: first[key] for key in ("config", "accuracy", "loss", "macs", "params")},
                    **({"width": self.width} if self.width is not None else {}), **self._progress(),
                    "lr": self.settings.lr, "seed": self.settings.seed, "device": str(self.device),
-                   "channels": first["channels"], "checkpoint": CHECKPOINT_NAME}
+                   "channels": first["channels"], "checkpoint": CHECKPOINT_NAME,
+                   **(self.init or {"init": self.settings.init})}
         if self.joint is not None:
             summary["joint"] = members
         return {**summary, **self.extra}
@@ -243,7 +287,8 @@ class _NetworkTrainer(Trainer):
     def finish(self) -> None:
         self._select(0)
 
-    def evaluate(self) -> None:
+    def _test(self) -> list[tuple[float, float]]:
+        """Every config's test accuracy and loss."""
         size = min(self.settings.eval_batch_size, len(self.data.test))
         results = []
         for index in range(len(self.members)):
@@ -254,6 +299,10 @@ class _NetworkTrainer(Trainer):
                     batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
                 results.append(evaluate(self.model, batches))
         self._select(0)
+        return results
+
+    def evaluate(self) -> None:
+        results = self._test()
         bad = [loss for _, loss in results if not math.isfinite(loss)]
         if bad:
             self._diverged(f"test loss {bad[0]}")

@@ -12,6 +12,15 @@ A re-run into the same directory resumes. The loop, the run directory and the st
 :mod:`autoslim.training.trainer`; the subnets are drawn from the seed, rank and step, so an interrupted and resumed
 run ends with the same weights as an uninterrupted one on CPU.
 
+A run given ``settings.init`` starts from a trained network instead of fresh weights
+(:func:`autoslim.training.warm_start.supernet_from_weights`): the supernet is built at the widths of its state dict,
+so that its largest config is that network, loaded with the network's BatchNorm statistics and channel-ordered.
+The largest config is then tested as loaded, without recalibration (``init_accuracy`` in ``summary.json``: the
+trained network's own accuracy), and the sandwich rule fine-tunes it with the defaults of
+:func:`~autoslim.training.settings.resolve_settings` for a run given ``init``. The checkpoint records the widths
+(``widths``) and the start (``init``), so a resumed run, ``load_run``, the search and the export rebuild the same
+supernet without the weights file.
+
 Under ``torchrun`` the run is data-parallel (DistributedDataParallel, gloo on CPU, nccl on CUDA): the
 global batch is split over the ranks, each rank samples its own subnets (seed + rank), gradients are
 all-reduced once per step (``no_sync`` for the first ``num_subnets - 1`` passes) and only rank 0 writes.
@@ -39,6 +48,7 @@ from .calibrate import evaluate, recalibrate
 from .sandwich import sandwich_configs, sandwich_step, subnet_rng
 from .settings import IDENTITY_KEYS, TrainSettings, load_settings, save_settings
 from .trainer import DivergedError, Report, RunKind, Trainer, check_settings, open_run
+from .warm_start import check_init, supernet_from_weights
 
 __all__ = ["train_supernet", "TrainResult", "Report", "DivergedError", "METRIC_COLUMNS"]
 
@@ -80,14 +90,17 @@ def train_supernet(settings: TrainSettings, out_dir: str | os.PathLike, *, resum
             (``loss_largest``, ``loss_smallest``, ``lr``, ``images_per_second``) and epoch (``largest_accuracy``,
             ``smallest_accuracy`` and their losses), and at the end (on rank 0 only).
 
+    A run from ``settings.init`` adds ``init``, ``init_sha256``, ``init_accuracy`` and ``init_loss`` to the summary.
+
     Returns:
         The trained supernet and the summary; ``interrupted`` when Ctrl-C / SIGTERM stopped it after a
         checkpoint was written.
 
     Raises:
         ValueError: bad settings, a batch larger than the data, another run in ``out_dir`` (without
-            ``force``), an unreadable checkpoint.
-        FileNotFoundError: the dataset is not where it was looked for.
+            ``force``, or started from other weights), an unreadable checkpoint, ``init`` weights that do not fit
+            the space (naming the first bad key).
+        FileNotFoundError: the dataset or the ``init`` weights are not where they were looked for.
         DivergedError: the loss became NaN or infinite (the last good checkpoint is kept).
     """
     out = Path(out_dir)
@@ -95,7 +108,8 @@ def train_supernet(settings: TrainSettings, out_dir: str | os.PathLike, *, resum
     device = resolve_device(settings.device, int(os.environ.get("LOCAL_RANK", "0")))
     processes = ProcessGroup.start(device)
     try:
-        trainer = _SupernetTrainer(settings, out, device, processes, download=download, callback=callback)
+        trainer = _SupernetTrainer(settings, out, device, processes, download=download, callback=callback,
+                                   resuming=state)
         trainer.begin(state, force=force)
         with StopRequest() as stop:
             interrupted = trainer.run(stop)
@@ -123,6 +137,8 @@ def _check_identity(out: Path, saved: TrainSettings, given: TrainSettings) -> No
     if any(getattr(saved, key) != getattr(given, key) for key in IDENTITY_KEYS):
         raise ValueError(f"{out} holds a run of space {saved.space!r} on dataset {saved.dataset!r}, not "
                          f"{given.space!r} on {given.dataset!r}: use another --out, or --force to replace it")
+    check_init(out, "run", saved.init, given.init, start="started from the trained network",
+               flags=("--init PATH", "no --init"))
 
 
 class _SupernetTrainer(Trainer):
@@ -133,7 +149,7 @@ class _SupernetTrainer(Trainer):
     loss_count = 2  # the largest and the smallest config
 
     def __init__(self, settings: TrainSettings, out: Path, device: torch.device, processes: ProcessGroup, *,
-                 download: bool, callback: Callable[[Report], None] | None) -> None:
+                 download: bool, callback: Callable[[Report], None] | None, resuming: dict[str, Any] | None) -> None:
         from ..data.sources import load_dataset
         from ..spaces import build_supernet, configure_space, load_space, space_options
 
@@ -144,7 +160,17 @@ class _SupernetTrainer(Trainer):
         self.check_data(space, data, settings.batch_size, processes.world)
         self.space_options = space_options(space, num_classes=data.num_classes, input_size=data.image_size)
         torch.manual_seed(settings.seed)
-        self.supernet = build_supernet(space, num_classes=data.num_classes, input_size=data.image_size)
+        # where the weights started: {init, init_sha256, init_accuracy, init_loss} for a run given --init
+        self.init: dict[str, Any] | None = None
+        self.widths: dict[str, int] | None = None  # per-unit maxima of a supernet narrower than the space's
+        if settings.init is not None and resuming is None:
+            self.supernet, self.widths, sha256 = supernet_from_weights(
+                space, settings.init, num_classes=data.num_classes, input_size=data.image_size)
+            self.init = {"init": settings.init, "init_sha256": sha256}
+        else:
+            self.widths = resuming.get("widths") if resuming is not None else None
+            self.supernet = build_supernet(space, num_classes=data.num_classes, input_size=data.image_size,
+                                           widths=self.widths)
         self.supernet.to(device)
         self.network: nn.Module = self.supernet
         self._setup(self.supernet)
@@ -158,6 +184,8 @@ class _SupernetTrainer(Trainer):
             self.model = DDP(self.supernet, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
         self.largest, self.smallest = self.supernet.largest_config(), self.supernet.smallest_config()
         self.evaluation: dict[str, float] = {}
+        if self.init is not None:
+            self.init.update(self._test_as_loaded())
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -174,6 +202,7 @@ class _SupernetTrainer(Trainer):
         random.setstate(rng["python"])
         torch.set_rng_state(rng["torch"])
         self.evaluation = dict(state["evaluation"])
+        self.init = dict(state["init"]) if state.get("init") else None
 
     def checkpoint_fields(self) -> dict[str, Any]:
         settings = self.settings
@@ -188,6 +217,8 @@ class _SupernetTrainer(Trainer):
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                     "data_generator_seed": derive_seed("data", settings.seed, self.step // self.steps_per_epoch)},
             "evaluation": self.evaluation,
+            "widths": self.widths,
+            "init": self.init,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -200,6 +231,7 @@ class _SupernetTrainer(Trainer):
                                                          "smallest_loss")},
             "largest_macs": largest.macs, "largest_params": largest.params,
             "smallest_macs": smallest.macs, "smallest_params": smallest.params,
+            **(self.init or {}),
             "num_subnets": self.settings.num_subnets,
             "world_size": self.processes.world,
             "device": str(self.device),
@@ -262,6 +294,21 @@ class _SupernetTrainer(Trainer):
                           **{k: self.evaluation[k] for k in ("largest_accuracy", "largest_loss", "smallest_accuracy",
                                                              "smallest_loss")},
                           "seconds": round(self._elapsed(), 2)})
+
+    def _test_as_loaded(self) -> dict[str, float]:
+        """The largest config's test accuracy and loss with the trained network's own BatchNorm statistics.
+
+        Nothing is recalibrated: at its largest config the supernet is the trained network (channels reordered), so
+        its accuracy equals the trained network's evaluated the same way. Every rank tests all the images.
+        """
+        self.supernet.set_config(self.largest)
+        size = min(self.settings.eval_batch_size, len(self.data.test))
+        with self._autocast():
+            accuracy, loss = evaluate(self.supernet, self._prepare(self.data.batches("test", size, device=self.device)))
+        if not math.isfinite(loss):
+            raise ValueError(f"{self.settings.init}: the trained network's test loss is {loss}: "
+                             "are the weights broken?")
+        return {"init_accuracy": round(accuracy, 6), "init_loss": round(loss, 6)}
 
     def _prepare(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
         if not self.channels_last:
