@@ -31,7 +31,8 @@ from .search.targets import Target, pick
 from .search.trajectory import read_trajectory
 from .training.calibrate import recalibrate
 
-__all__ = ["ExportCheck", "export_torchscript", "export_program", "export_onnx", "require_onnx", "ONNX_PACKAGES",
+__all__ = ["ExportCheck", "export_torchscript", "export_program", "export_onnx", "torchscript_bytes", "onnx_bytes",
+           "require_onnx", "ONNX_PACKAGES",
            "search_run_dir", "search_config", "calibrated_static", "ExportResult", "export_search"]
 
 
@@ -105,16 +106,22 @@ def export_torchscript(model: nn.Module, images: Tensor, reference: Tensor, path
     Raises:
         RuntimeError: the traced model's outputs differ from ``reference`` (nothing is written).
     """
+    buffer = torchscript_bytes(model, images, metadata=metadata)
+    loaded = torch.jit.load(io.BytesIO(buffer), map_location="cpu")
+    worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
+    atomic_write(path, lambda stream: stream.write(buffer))
+    return ExportCheck(Path(path), "torchscript", len(images), worst)
+
+
+def torchscript_bytes(model: nn.Module, images: Tensor, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """``model`` (in eval mode) traced on ``images`` to TorchScript, as the file :func:`export_torchscript` writes."""
     model = model.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
         traced = torch.jit.trace(model, images, check_trace=False, strict=False)  # strict=False: dict outputs
         torch.jit.save(traced, buffer, _extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
-        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
-    worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
-    atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
-    return ExportCheck(Path(path), "torchscript", len(images), worst)
+    return buffer.getvalue()
 
 
 def export_program(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
@@ -164,16 +171,9 @@ def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str |
     require_onnx()
     import onnxruntime
 
-    model = model.eval()
     with tempfile.TemporaryDirectory(prefix="autoslim-onnx-") as folder:
         temporary = os.path.join(folder, "model.onnx")
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
-            program = torch.onnx.export(model, (images,), input_names=["images"], output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                        verbose=False)
-            program.model.metadata_props["autoslim"] = json.dumps(dict(metadata or {}))
-            program.save(temporary)
+        _onnx_program(model, images, metadata).save(temporary)
         session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 
@@ -184,6 +184,26 @@ def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str |
         with open(temporary, "rb") as source:
             atomic_write(path, lambda stream: shutil.copyfileobj(source, stream))
     return ExportCheck(Path(path), "onnx", len(images), worst)
+
+
+def onnx_bytes(model: nn.Module, images: Tensor, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """``model`` (in eval mode) exported to ONNX with a dynamic batch, as the file :func:`export_onnx` writes.
+
+    Raises:
+        RuntimeError: the packages of the ``onnx`` extra are missing.
+    """
+    require_onnx()
+    return _onnx_program(model, images, metadata).model_proto.SerializeToString()
+
+
+def _onnx_program(model: nn.Module, images: Tensor, metadata: Mapping[str, Any] | None):
+    model = model.eval()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
+        program = torch.onnx.export(model, (images,), input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    program.model.metadata_props["autoslim"] = json.dumps(dict(metadata or {}))
+    return program
 
 
 # -- a SEARCH's configs, exported -----------------------------------------------------------------
