@@ -108,8 +108,8 @@ def test_search_stops_only_when_every_limit_is_met():
 def test_every_target_takes_the_first_point_that_meets_it():
     targets = parse_targets(["900", "600"], ["60"])
     check_targets(targets, largest=chain_cost(START), smallest=chain_cost(SMALLEST))
-    stop_macs, stop_params = stop_limits(targets)
-    assert (stop_macs, stop_params) == (600, 60)
+    stop_macs, stop_params, stop_latency = stop_limits(targets)
+    assert (stop_macs, stop_params, stop_latency) == (600, 60, None)
     steps = run(stop_macs=stop_macs, stop_params=stop_params)
     for target in targets:
         chosen = pick(steps, target)
@@ -294,8 +294,8 @@ def test_parse_targets_labels(flops, params, labels):
 def test_parse_targets_rejects_bad_budgets():
     with pytest.raises(ValueError, match="300M"):
         parse_targets(["lots"], [])
-    with pytest.raises(ValueError, match="flops, params"):
-        Target("latency", 5)
+    with pytest.raises(ValueError, match="flops, params, latency"):
+        Target("energy", 5)
 
 
 def test_check_targets_rejects_unreachable_targets():

@@ -79,8 +79,8 @@ class LatencyComparison:
 
 
 def compare_latency(supernet: Supernet, config: Mapping[str, int], timer: Timer, *, budget_ms: Optional[float] = None,
-                    predict: Optional[Callable[[Mapping[str, int]], float]] = None,
-                    name: str = "searched") -> LatencyComparison:
+                    predict: Optional[Callable[[Mapping[str, int]], float]] = None, name: str = "searched",
+                    uniform: bool = True) -> LatencyComparison:
     """Measure ``config`` beside the uniform networks and the full network.
 
     The widest uniform network within ``budget_ms`` (default: the config's measured latency) is found by bisecting
@@ -93,6 +93,7 @@ def compare_latency(supernet: Supernet, config: Mapping[str, int], timer: Timer,
         budget_ms: the latency the uniform network must fit.
         predict: a latency model's predictor (:meth:`~autoslim.latency.model.LatencyModel.bind`).
         name: the config's name in the rows.
+        uniform: compare with the uniform networks (False: with the full network only, for a uniform config).
     """
     measured: dict[tuple, float] = {}
 
@@ -109,9 +110,11 @@ def compare_latency(supernet: Supernet, config: Mapping[str, int], timer: Timer,
     searched = row(name, config)
     budget = searched.measured_ms if budget_ms is None else budget_ms
     latency = predict if predict is not None else measure
-    found = widest_uniform(supernet, lambda candidate: latency(candidate) <= budget)
-    within = row(f"uniform {found[0]:g}x (widest within {budget:.3f} ms)", found[1], found[0]) if found else None
-    found = uniform_within(supernet, macs=searched.macs)
-    equal = row(f"uniform {found[0]:g}x (widest within its MACs)", found[1], found[0]) if found else None
+    within = equal = None
+    if uniform:
+        found = widest_uniform(supernet, lambda candidate: latency(candidate) <= budget)
+        within = row(f"uniform {found[0]:g}x (widest within {budget:.3f} ms)", found[1], found[0]) if found else None
+        found = uniform_within(supernet, macs=searched.macs)
+        equal = row(f"uniform {found[0]:g}x (widest within its MACs)", found[1], found[0]) if found else None
     full = row("full network", supernet.largest_config(), supernet.width_mult)
     return LatencyComparison(searched, budget, within, equal, full)
