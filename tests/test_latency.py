@@ -244,3 +244,44 @@ def test_compare_measures_the_uniform_networks_and_warns_honestly(supernet):
                                Measured("full", 400, 40, 4.0))
     assert faster.warning is None and "not faster than the uniform 0.5x" in slower.warning
     assert "\n" not in slower.warning
+
+
+def test_the_torch_timer_times_real_runs_and_restores_the_threads(supernet):
+    import torch
+
+    from autoslim.latency import TorchTimer
+
+    before = torch.get_num_threads()
+    timer = TorchTimer(LatencyKey(threads=2), TimingSettings(warmup=1, repeats=3, min_block_ms=0.2))
+    assert timer.layer(torch.nn.Conv2d(4, 8, 3, padding=1), (1, 4, 8, 8)) > 0
+    assert measure_config(supernet, supernet.smallest_config(), timer) > 0
+    assert torch.get_num_threads() == before
+
+
+def test_onnxruntime_times_the_layer_it_is_given(supernet):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import torch
+
+    from autoslim.latency import OnnxRuntimeTimer
+    from autoslim.latency.timing import _one_node_onnx
+
+    for layer, shape in [(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
+                         (torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), (1, 6, 5, 5)),
+                         (torch.nn.Linear(5, 3), (2, 5))]:
+        session = onnxruntime.InferenceSession(_one_node_onnx(layer, shape), providers=["CPUExecutionProvider"])
+        x = torch.randn(shape)
+        (out,) = session.run(None, {"x": x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), layer(x).detach(), rtol=1e-4, atol=1e-5)
+    timer = OnnxRuntimeTimer(LatencyKey(runtime="onnxruntime"), TimingSettings(warmup=1, repeats=3, min_block_ms=0.2))
+    assert timer.layer(torch.nn.Linear(5, 3), (1, 5)) > 0
+
+
+@pytest.mark.slow
+def test_onnxruntime_times_the_exported_network(supernet):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from autoslim.latency import OnnxRuntimeTimer
+
+    timer = OnnxRuntimeTimer(LatencyKey(runtime="onnxruntime"), TimingSettings(warmup=1, repeats=3, min_block_ms=0.2))
+    assert measure_config(supernet, supernet.smallest_config(), timer) > 0
