@@ -285,3 +285,26 @@ def test_onnxruntime_times_the_exported_network(supernet):
 
     timer = OnnxRuntimeTimer(LatencyKey(runtime="onnxruntime"), TimingSettings(warmup=1, repeats=3, min_block_ms=0.2))
     assert measure_config(supernet, supernet.smallest_config(), timer) > 0
+
+
+@pytest.mark.cuda
+def test_cuda_is_timed_with_events(supernet):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from autoslim.latency import TorchTimer
+
+    timer = TorchTimer(LatencyKey("cuda", batch=8), TimingSettings(warmup=2, repeats=3))
+    assert timer.layer(torch.nn.Conv2d(4, 8, 3, padding=1), (8, 4, 8, 8)) > 0
+    assert measure_config(supernet, supernet.smallest_config(), timer) > 0
+
+
+def test_cuda_where_there_is_none_is_one_clear_error(monkeypatch):
+    import torch
+
+    from autoslim.latency import make_timer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        make_timer(LatencyKey("cuda"))

@@ -145,7 +145,7 @@ def make_timer(key: LatencyKey, settings: TimingSettings = TimingSettings()) -> 
         RuntimeError: the onnxruntime runtime without its packages.
     """
     if key.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("latency device 'cuda': CUDA is not available here; use --latency-device cpu")
+        raise ValueError("latency device 'cuda': CUDA is not available here; measure on the cpu device")
     if key.runtime == "onnxruntime":
         require_onnxruntime()
         return OnnxRuntimeTimer(key, settings)
