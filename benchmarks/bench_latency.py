@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--statistic", default="median", choices=["median", "min"],
                         help="median of repeats (default), or min on a machine shared with other work")
+    parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                        help="wall time (default), or the CPU time of the timing thread (one thread only): checks the "
+                             "model on a machine shared with other work, where wall times are not the network's")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out configs (the fit uses 0)")
     parser.add_argument("--json", help="also write every figure (and every held-out network) to this file")
     args = parser.parse_args()
@@ -104,10 +107,10 @@ def main() -> None:
         from autoslim.spaces import build_supernet, load_space
 
         supernet, source = build_supernet(load_space(args.space)).eval(), args.space
-    settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic)
+    settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic, clock=args.clock)
     print(f"{source}: {len(supernet.slimmable_units)} slimmable units; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads available; {args.networks} fit networks, {args.held_out} held-out "
-          f"configs, {args.statistic} of {args.repeats} repeats", flush=True)
+          f"configs, {args.statistic} of {args.repeats} repeats, {args.clock} clock", flush=True)
     fit = fit_configs(supernet, args.networks, seed=0)
     configs = held_out_configs(supernet, args.held_out, fit, args.seed, args.spread)
     macs = [supernet.cost(c).macs for c in configs]

@@ -76,18 +76,24 @@ class LatencyKey:
 class TimingSettings:
     """How a timing is taken: ``warmup`` untimed runs, then the median of ``repeats`` timings, each of as many runs
     as last ``min_block_ms`` (at least one). ``statistic='min'`` takes the fastest timing instead: on a machine
-    shared with other work it estimates the uncontended latency (the median measures the latency one would see)."""
+    shared with other work it estimates the uncontended latency (the median measures the latency one would see).
+    ``clock='thread'`` measures the CPU time of the calling thread instead of wall time: on one thread it equals the
+    wall time of an idle machine and ignores the time other processes hold the core (a diagnostic for shared
+    machines; the runtimes run single-threaded work in the calling thread)."""
 
     warmup: int = 5
     repeats: int = 15
     min_block_ms: float = 1.0
     statistic: str = "median"
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.repeats < 1 or self.min_block_ms < 0:
             raise ValueError(f"timing needs warmup >= 0, repeats >= 1 and min_block_ms >= 0, got {self}")
         if self.statistic not in ("median", "min"):
             raise ValueError(f"unknown timing statistic {self.statistic!r}: use median or min")
+        if self.clock not in ("wall", "thread"):
+            raise ValueError(f"unknown timing clock {self.clock!r}: use wall or thread")
 
 
 class Timer(Protocol):
@@ -184,6 +190,13 @@ def _wall_clock(run: Callable[[], Any], number: int) -> float:
     return time.perf_counter() - began
 
 
+def _thread_clock(run: Callable[[], Any], number: int) -> float:
+    began = time.thread_time()
+    for _ in range(number):
+        run()
+    return time.thread_time() - began
+
+
 def _cuda_clock(run: Callable[[], Any], number: int) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
@@ -195,6 +208,15 @@ def _cuda_clock(run: Callable[[], Any], number: int) -> float:
     return start.elapsed_time(end) / 1e3
 
 
+def _cpu_clock(settings: TimingSettings) -> Callable[[Callable[[], Any], int], float]:
+    return _thread_clock if settings.clock == "thread" else _wall_clock
+
+
+def _check_clock(key: LatencyKey, settings: TimingSettings) -> None:
+    if settings.clock == "thread" and (key.threads != 1 or key.device != "cpu"):
+        raise ValueError("the thread clock measures one CPU thread: use it with threads 1 on the cpu device")
+
+
 class TorchTimer:
     """Times with torch: layers eagerly, whole networks as the TorchScript file ``export-config --model`` writes
     (traced, saved and loaded back), under ``torch.inference_mode``; on CUDA with events."""
@@ -204,7 +226,8 @@ class TorchTimer:
             raise ValueError(f"TorchTimer times the torch runtime, not {key.runtime!r}")
         self.key, self.settings = key, settings
         self.device = torch.device(key.device)
-        self._clock = _cuda_clock if self.device.type == "cuda" else _wall_clock
+        _check_clock(key, settings)
+        self._clock = _cuda_clock if self.device.type == "cuda" else _cpu_clock(settings)
 
     def _time(self, module: Callable[[Tensor], Any], x: Tensor) -> float:
         with _torch_threads(self.key.threads), torch.inference_mode():
@@ -234,6 +257,7 @@ class OnnxRuntimeTimer:
         if key.runtime != "onnxruntime":
             raise ValueError(f"OnnxRuntimeTimer times the onnxruntime runtime, not {key.runtime!r}")
         require_onnxruntime()
+        _check_clock(key, settings)
         self.key, self.settings = key, settings
 
     def _time(self, model: bytes, shape: tuple[int, ...]) -> float:
@@ -246,7 +270,7 @@ class OnnxRuntimeTimer:
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         feed = {name: torch.randn(shape).numpy()}
-        return _median_ms(lambda: session.run(None, feed), self.settings, _wall_clock)
+        return _median_ms(lambda: session.run(None, feed), self.settings, _cpu_clock(self.settings))
 
     def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
         return self._time(_one_node_onnx(layer, shape), shape)
@@ -268,15 +292,18 @@ def _one_node_onnx(layer: nn.Module, shape: tuple[int, ...]) -> bytes:
     weight = layer.weight.detach().cpu()
     initializers = []
     if isinstance(layer, nn.Conv2d):
-        padding = layer.padding if isinstance(layer.padding, tuple) else (0, 0)
+        if isinstance(layer.padding, str):  # "same" (stride 1: the extra pixel on the right, as SAME_UPPER) or "valid"
+            padding = {"auto_pad": "SAME_UPPER" if layer.padding == "same" else "VALID"}
+        else:
+            padding = {"pads": [layer.padding[0], layer.padding[1], layer.padding[0], layer.padding[1]]}
         initializers.append(numpy_helper.from_array(weight.numpy(), "W"))
         inputs = ["x", "W"]
         if layer.bias is not None:
             initializers.append(numpy_helper.from_array(layer.bias.detach().cpu().numpy(), "B"))
             inputs.append("B")
         nodes = [helper.make_node("Conv", inputs, ["y"], kernel_shape=list(layer.kernel_size),
-                                  strides=list(layer.stride), dilations=list(layer.dilation),
-                                  pads=[padding[0], padding[1], padding[0], padding[1]], group=layer.groups)]
+                                  strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
+                                  **padding)]
     elif isinstance(layer, nn.Linear):
         initializers.append(numpy_helper.from_array(weight.t().contiguous().numpy(), "W"))
         nodes = [helper.make_node("MatMul", ["x", "W"], ["y" if layer.bias is None else "xw"])]
