@@ -74,6 +74,19 @@ def test_the_fit_never_gives_a_negative_coefficient():
     assert (a, b, c) == pytest.approx((0.5, 3.0, 0.25))
 
 
+def test_an_interrupted_timing_is_left_out_of_the_fit(supernet):
+    class Interrupted(FakeTimer):
+        def network(self, network, shape):
+            ms = super().network(network, shape)
+            return 10 * ms if self.networks == 3 else ms  # the third network was descheduled
+
+    model = build_latency_model(supernet, Interrupted(), networks=8)
+    assert [bool(n.get("outlier")) for n in model.networks] == [False, False, True] + [False] * 5
+    assert model.coefficients["lookup"] == pytest.approx(NETWORK_SCALE, rel=1e-9)
+    assert model.coefficients["intercept"] == pytest.approx(NETWORK_FIXED_MS, rel=1e-9)
+    assert len(model.fit_errors()) == 7 and max(map(abs, model.fit_errors())) < 1e-9
+
+
 def test_fit_configs_span_the_space(supernet):
     configs = fit_configs(supernet, 12, seed=0)
     assert configs[0] == supernet.largest_config() and configs[1] == supernet.smallest_config()

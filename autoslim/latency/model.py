@@ -12,7 +12,8 @@ networks because isolated layers miss what happens between them):
    runs them and timed whole. Their latency is fitted as ``a * lookup + b * activations + c``: ``lookup`` is the sum
    of the layer timings, ``activations`` the elements (millions per image) that every layer call writes, which
    prices BatchNorm, activations, additions and memory traffic, and ``c`` the fixed cost of the network (pooling,
-   the runtime's overhead per call). The coefficients are not negative; each network counts by its relative error.
+   the runtime's overhead per call). The coefficients are not negative; each network counts by its relative error,
+   and a network whose timing is far out of line with the others (interrupted by other work) is left out.
 
 :meth:`LatencyModel.bind` gives a predictor of milliseconds per config (pure arithmetic, as the cost model), which
 the search calls for every candidate. The model is a plain dict on disk (:mod:`autoslim.latency.cache`).
@@ -26,6 +27,7 @@ import hashlib
 import itertools
 import json
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -100,7 +102,8 @@ class LatencyModel:
         fingerprint: the supernet architecture it describes (:func:`supernet_fingerprint`).
         layers: one table per timed layer call.
         coefficients: ``lookup``, ``activations`` (ms per million elements per image) and ``intercept`` (ms).
-        networks: the whole networks of the fit: ``config``, ``measured_ms``, ``predicted_ms``.
+        networks: the whole networks of the fit: ``config``, ``measured_ms``, ``predicted_ms`` (and ``outlier``: True
+            for one left out of the fit).
         timing: how timings were taken (warm-up, repeats, block length).
         created: when it was measured (ISO 8601, UTC).
         seconds: how long measuring it took.
@@ -148,8 +151,8 @@ class LatencyModel:
         return self.bind(supernet)(config)
 
     def fit_errors(self) -> list[float]:
-        """Relative errors (predicted / measured - 1) on the networks of the fit."""
-        return [n["predicted_ms"] / n["measured_ms"] - 1 for n in self.networks]
+        """Relative errors (predicted / measured - 1) on the networks of the fit (not those left out as outliers)."""
+        return [n["predicted_ms"] / n["measured_ms"] - 1 for n in self.networks if not n.get("outlier")]
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": self.key.to_dict(), "description": dict(self.description),
@@ -370,10 +373,11 @@ def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24,
         done += 1
         if on_progress:
             on_progress(done, total, f"network {len(measured)} of {len(configs)}")
-    model.coefficients = dict(zip(_FEATURES, _fit(rows, measured)))
+    coefficients, kept = _robust_fit(rows, measured)
+    model.coefficients = dict(zip(_FEATURES, coefficients))
     predict = model.bind(supernet)
-    model.networks = [{"config": config, "measured_ms": ms, "predicted_ms": predict(config)}
-                      for config, ms in zip(configs, measured)]
+    model.networks = [{"config": config, "measured_ms": ms, "predicted_ms": predict(config),
+                       **({} if keep else {"outlier": True})} for config, ms, keep in zip(configs, measured, kept)]
     model.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     model.seconds = time.perf_counter() - began
     return model
@@ -382,6 +386,25 @@ def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24,
 def _timing_of(timer: Timer) -> dict[str, Any]:
     settings = getattr(timer, "settings", None)
     return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
+
+
+def _robust_fit(rows: Sequence[tuple[float, float]], measured: Sequence[float]
+                ) -> tuple[tuple[float, float, float], list[bool]]:
+    """:func:`_fit`, then again without the networks whose relative error is far out of line with the others (a
+    timing that other work on the machine interrupted): more than 5 median absolute deviations and 5% from the
+    median error. At most a quarter of the networks are left out. Returns the coefficients and which networks
+    were kept."""
+    coefficients = _fit(rows, measured)
+    errors = [(coefficients[0] * x + coefficients[1] * y + coefficients[2]) / m - 1
+              for (x, y), m in zip(rows, measured)]
+    middle = statistics.median(errors)
+    spread = statistics.median(abs(e - middle) for e in errors)
+    far = sorted(range(len(errors)), key=lambda i: -abs(errors[i] - middle))[: len(errors) // 4]
+    out = {i for i in far if abs(errors[i] - middle) > max(5 * spread, 0.05)}
+    kept = [i not in out for i in range(len(errors))]
+    if out:
+        coefficients = _fit([r for r, k in zip(rows, kept) if k], [m for m, k in zip(measured, kept) if k])
+    return coefficients, kept
 
 
 def _fit(rows: Sequence[tuple[float, float]], measured: Sequence[float]) -> tuple[float, float, float]:
