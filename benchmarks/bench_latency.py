@@ -151,7 +151,7 @@ def main() -> None:
                   f"{100 * row['max_error']:.1f}%) [{verdict} >= 0.95 / <= 10%]; MACs alone: Spearman "
                   f"{row['macs_spearman']:.3f}, median |error| {100 * row['macs_median_error']:.1f}%; measured "
                   f"{min(measured):.3f}-{max(measured):.3f} ms; model built in {built:.0f} s ({len(model.layers)} "
-                  f"layer calls, {len(model.networks)} networks)", flush=True)
+                  f"layer calls, {len(model.networks)} networks; fit {model.coefficients})", flush=True)
     print()
     print("| runtime | batch | threads | Spearman | median error | p90 error | MACs alone: Spearman, median error "
           "| build |")

@@ -5,8 +5,9 @@ networks because isolated layers miss what happens between them):
 
 1. **A lookup of every layer call.** Each conv and linear call is timed alone, as a plain layer, at every input
    and output count it can take (its units' choices; a layer reading a concatenation at up to 16 of the sums its
-   parts can reach), on its own input shape. Calls of the same shape share one timing. Between measured counts the
-   table is interpolated bilinearly.
+   parts can reach), on its own input shape, less the cost of calling the runtime at all (a call that does nothing
+   on the same input), so that the table holds what the layer adds inside a network. Calls of the same shape share
+   one timing. Between measured counts the table is interpolated bilinearly.
 2. **A fit on whole networks.** ``networks`` static networks (the largest, the smallest, random configs, half of them
    drawn around a random overall width so that narrow and wide networks are both covered) are exported as the user
    runs them and timed whole. Their latency is fitted as ``a * lookup + b * activations + c``: ``lookup`` is the sum

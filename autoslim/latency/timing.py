@@ -102,7 +102,9 @@ class Timer(Protocol):
     key: LatencyKey
 
     def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
-        """Milliseconds of one call of a single plain layer (``nn.Conv2d``, ``nn.Linear``) on an input of ``shape``."""
+        """Milliseconds of one call of a single plain layer (``nn.Conv2d``, ``nn.Linear``) on an input of ``shape``,
+        less the cost of calling the runtime on that input at all (what a layer inside a network does not pay
+        again)."""
 
     def network(self, network: nn.Module, shape: tuple[int, ...]) -> float:
         """Milliseconds of one call of a whole static network, exported as the runtime runs it."""
@@ -228,6 +230,7 @@ class TorchTimer:
         self.device = torch.device(key.device)
         _check_clock(key, settings)
         self._clock = _cuda_clock if self.device.type == "cuda" else _cpu_clock(settings)
+        self._empty: dict[tuple[int, ...], float] = {}
 
     def _time(self, module: Callable[[Tensor], Any], x: Tensor) -> float:
         with _torch_threads(self.key.threads), torch.inference_mode():
@@ -235,7 +238,10 @@ class TorchTimer:
 
     def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
         layer = layer.to(self.device).eval()
-        return self._time(layer, torch.randn(shape, device=self.device))
+        x = torch.randn(shape, device=self.device)
+        if shape not in self._empty:  # a module call that does nothing: the overhead of calling one
+            self._empty[shape] = self._time(nn.Identity(), x)
+        return max(0.0, self._time(layer, x) - self._empty[shape])
 
     def network(self, network: nn.Module, shape: tuple[int, ...]) -> float:
         from ..export import torchscript_bytes
@@ -259,6 +265,7 @@ class OnnxRuntimeTimer:
         require_onnxruntime()
         _check_clock(key, settings)
         self.key, self.settings = key, settings
+        self._empty: dict[tuple[int, ...], float] = {}
 
     def _time(self, model: bytes, shape: tuple[int, ...]) -> float:
         import onnxruntime
@@ -273,7 +280,9 @@ class OnnxRuntimeTimer:
         return _median_ms(lambda: session.run(None, feed), self.settings, _cpu_clock(self.settings))
 
     def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
-        return self._time(_one_node_onnx(layer, shape), shape)
+        if shape not in self._empty:  # a session that only copies its input: the overhead of a run
+            self._empty[shape] = self._time(_one_node_onnx(nn.Identity(), shape), shape)
+        return max(0.0, self._time(_one_node_onnx(layer, shape), shape) - self._empty[shape])
 
     def network(self, network: nn.Module, shape: tuple[int, ...]) -> float:
         from ..export import onnx_bytes
@@ -285,13 +294,15 @@ class OnnxRuntimeTimer:
 
 
 def _one_node_onnx(layer: nn.Module, shape: tuple[int, ...]) -> bytes:
-    """A one-node ONNX graph (Conv or MatMul + Add) computing ``layer`` on a fixed input ``shape``."""
+    """A one-node ONNX graph (Conv, MatMul + Add, or Identity) computing ``layer`` on a fixed input ``shape``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = layer.weight.detach().cpu()
     initializers = []
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, nn.Identity):
+        nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    elif isinstance(layer, nn.Conv2d):
+        weight = layer.weight.detach().cpu()
         if isinstance(layer.padding, str):  # "same" (stride 1: the extra pixel on the right, as SAME_UPPER) or "valid"
             padding = {"auto_pad": "SAME_UPPER" if layer.padding == "same" else "VALID"}
         else:
@@ -305,7 +316,7 @@ def _one_node_onnx(layer: nn.Module, shape: tuple[int, ...]) -> bytes:
                                   strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
                                   **padding)]
     elif isinstance(layer, nn.Linear):
-        initializers.append(numpy_helper.from_array(weight.t().contiguous().numpy(), "W"))
+        initializers.append(numpy_helper.from_array(layer.weight.detach().cpu().t().contiguous().numpy(), "W"))
         nodes = [helper.make_node("MatMul", ["x", "W"], ["y" if layer.bias is None else "xw"])]
         if layer.bias is not None:
             initializers.append(numpy_helper.from_array(layer.bias.detach().cpu().numpy(), "B"))
