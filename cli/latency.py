@@ -56,7 +56,8 @@ def latency(run_dir, device, runtime, batch, threads, networks, rebuild) -> None
                   f"(torch {model.description.get('torch')}), measured {model.created} in {model.seconds:.0f} s")
     console.print(f"{len(model.layers)} layer calls looked up, {len(model.networks)} whole networks fitted: latency = "
                   f"{coefficients['lookup']:.3g} x lookup + {coefficients['activations']:.3g} ms per million "
-                  f"activations + {coefficients['intercept']:.3g} ms; median |error| on the fitted networks "
+                  f"activations + {coefficients['macs']:.3g} ms per million MACs + {coefficients['intercept']:.3g} ms; "
+                  f"median |error| on the fitted networks "
                   f"{100 * errors[len(errors) // 2]:.1f}%, largest {100 * errors[-1]:.1f}%{left_out}")
     rows = [[name, format_ms(n["measured_ms"]), format_ms(n["predicted_ms"]),
              f"{100 * (n['predicted_ms'] / n['measured_ms'] - 1):+.1f}%"]

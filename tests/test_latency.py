@@ -33,6 +33,7 @@ def test_the_model_predicts_the_fake_timer_exactly(supernet, model):
     coefficients = model.coefficients
     assert coefficients["lookup"] == pytest.approx(NETWORK_SCALE, rel=1e-9)
     assert coefficients["activations"] == pytest.approx(0.0, abs=1e-9)
+    assert coefficients["macs"] == pytest.approx(0.0, abs=1e-9)
     assert coefficients["intercept"] == pytest.approx(NETWORK_FIXED_MS, rel=1e-9)
     predict, timer = model.bind(supernet), FakeTimer()
     rng = random.Random(7)
@@ -72,6 +73,8 @@ def test_the_fit_never_gives_a_negative_coefficient():
     assert min(a, b, c) >= 0 and c == 0
     a, b, c = _fit(rows, [0.5 * x + 3 * y + 0.25 for x, y in rows])
     assert (a, b, c) == pytest.approx((0.5, 3.0, 0.25))
+    rows = [(1.0, 0.5, 2.0), (2.0, 0.1, 1.0), (3.0, 0.9, 5.0), (4.0, 0.3, 3.0), (2.5, 0.2, 0.5)]
+    assert _fit(rows, [0.5 * x + 0.1 * z + 0.25 for x, _, z in rows]) == pytest.approx((0.5, 0.0, 0.1, 0.25))
 
 
 def test_an_interrupted_timing_is_left_out_of_the_fit(supernet):

@@ -10,10 +10,11 @@ networks because isolated layers miss what happens between them):
    one timing. Between measured counts the table is interpolated bilinearly.
 2. **A fit on whole networks.** ``networks`` static networks (the largest, the smallest, random configs, half of them
    drawn around a random overall width so that narrow and wide networks are both covered) are exported as the user
-   runs them and timed whole. Their latency is fitted as ``a * lookup + b * activations + c``: ``lookup`` is the sum
-   of the layer timings, ``activations`` the elements (millions per image) that every layer call writes, which
-   prices BatchNorm, activations, additions and memory traffic, and ``c`` the fixed cost of the network (pooling,
-   the runtime's overhead per call). The coefficients are not negative; each network counts by its relative error,
+   runs them and timed whole. Their latency is fitted as ``a * lookup + b * activations + m * MACs + c``: ``lookup``
+   is the sum of the layer timings, ``activations`` the elements (millions per image) that every layer call writes,
+   which prices BatchNorm, activations, additions and memory traffic, ``MACs`` (millions per image) what the lookup
+   misses in proportion to the arithmetic (and all of it where single layers are too small to time), and ``c`` the
+   fixed cost of the network (pooling, the runtime's overhead per call). The coefficients are not negative; each network counts by its relative error,
    and a network whose timing is far out of line with the others (interrupted by other work) is left out.
 
 :meth:`LatencyModel.bind` gives a predictor of milliseconds per config (pure arithmetic, as the cost model), which
@@ -44,7 +45,7 @@ __all__ = ["FORMAT", "LayerTable", "LatencyModel", "build_latency_model", "fit_c
 
 FORMAT = "autoslim-latency/1"
 _MAX_GRID = 16  # counts measured per input of a layer that reads a concatenation
-_FEATURES = ("lookup", "activations", "intercept")
+_FEATURES = ("lookup", "activations", "macs", "intercept")
 
 Progress = Callable[[int, int, str], None]
 """``on_progress(done, total, what)``: called as the measurements of a model are made."""
@@ -102,7 +103,8 @@ class LatencyModel:
         description: the machine it was measured on (:func:`~autoslim.latency.timing.device_description`).
         fingerprint: the supernet architecture it describes (:func:`supernet_fingerprint`).
         layers: one table per timed layer call.
-        coefficients: ``lookup``, ``activations`` (ms per million elements per image) and ``intercept`` (ms).
+        coefficients: ``lookup``, ``activations`` (ms per million elements per image), ``macs`` (ms per million MACs
+            per image) and ``intercept`` (ms).
         networks: the whole networks of the fit: ``config``, ``measured_ms``, ``predicted_ms`` (and ``outlier``: True
             for one left out of the fit).
         timing: how timings were taken (warm-up, repeats, block length).
@@ -139,11 +141,10 @@ class LatencyModel:
             raise ValueError(f"this latency model was measured on another architecture (fingerprint "
                              f"{self.fingerprint}, the supernet's is {found}): measure it again")
         features = _feature_function(self, supernet)
-        a, b, c = (self.coefficients[name] for name in _FEATURES)
+        *weights, intercept = (self.coefficients[name] for name in _FEATURES)
 
         def predict(config: Mapping[str, int]) -> float:
-            lookup, activations = features(supernet.unit_counts(config))
-            return a * lookup + b * activations + c
+            return sum(w * f for w, f in zip(weights, features(config))) + intercept
 
         return predict
 
@@ -270,8 +271,9 @@ def _input_counts(supernet: Supernet, inputs: Sequence[tuple[int, int]]) -> list
     return values
 
 
-def _feature_function(model: LatencyModel, supernet: Supernet) -> Callable[[list[int]], tuple[float, float]]:
-    """``counts -> (lookup ms, activations in millions per image)`` for ``supernet``'s calls."""
+def _feature_function(model: LatencyModel, supernet: Supernet
+                      ) -> Callable[[Mapping[str, int]], tuple[float, float, float]]:
+    """``config -> (lookup ms, activations in millions per image, MACs in millions per image)`` on ``supernet``."""
     calls = supernet.trace.calls
     tables = [(table, calls[table.call].inputs, calls[table.call].out_unit) for table in model.layers]
     writers = []  # (inputs, out unit, per-channel output positions, output follows the input)
@@ -281,7 +283,8 @@ def _feature_function(model: LatencyModel, supernet: Supernet) -> Callable[[list
         follows = call.kind in ("dwconv", "bn", "ln")
         writers.append((call.inputs, call.out_unit, call.out_spatial, follows))
 
-    def features(counts: list[int]) -> tuple[float, float]:
+    def features(config: Mapping[str, int]) -> tuple[float, float, float]:
+        counts = supernet.unit_counts(config)
         lookup = 0.0
         for table, inputs, out in tables:
             n_in = input_count(inputs, counts)
@@ -289,7 +292,7 @@ def _feature_function(model: LatencyModel, supernet: Supernet) -> Callable[[list
         activations = 0
         for inputs, out, spatial, follows in writers:
             activations += (input_count(inputs, counts) if follows else counts[out]) * spatial
-        return lookup, activations / 1e6
+        return lookup, activations / 1e6, supernet.cost(config).macs / 1e6
 
     return features
 
@@ -363,14 +366,14 @@ def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24,
     layers = [LayerTable(site.call, site.name, site.kind, list(site.inputs), list(site.outputs),
                          [[timed[s] for s in row] for row in rows]) for site, rows in zip(sites, cells)]
     model = LatencyModel(key=key, description=device_description(key), fingerprint=supernet_fingerprint(supernet),
-                         layers=layers, coefficients={"lookup": 1.0, "activations": 0.0, "intercept": 0.0},
+                         layers=layers, coefficients={"lookup": 1.0, "activations": 0.0, "macs": 0.0, "intercept": 0.0},
                          timing=_timing_of(timer))
     features = _feature_function(model, supernet)
     shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
     rows, measured = [], []
     for config in configs:
         measured.append(timer.network(materialize(supernet, config), shape))
-        rows.append(features(supernet.unit_counts(config)))
+        rows.append(features(config))
         done += 1
         if on_progress:
             on_progress(done, total, f"network {len(measured)} of {len(configs)}")
@@ -389,15 +392,14 @@ def _timing_of(timer: Timer) -> dict[str, Any]:
     return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
 
 
-def _robust_fit(rows: Sequence[tuple[float, float]], measured: Sequence[float]
-                ) -> tuple[tuple[float, float, float], list[bool]]:
+def _robust_fit(rows: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[tuple[float, ...], list[bool]]:
     """:func:`_fit`, then again without the networks whose relative error is far out of line with the others (a
     timing that other work on the machine interrupted): more than 5 median absolute deviations and 5% from the
     median error. At most a quarter of the networks are left out. Returns the coefficients and which networks
     were kept."""
     coefficients = _fit(rows, measured)
-    errors = [(coefficients[0] * x + coefficients[1] * y + coefficients[2]) / m - 1
-              for (x, y), m in zip(rows, measured)]
+    errors = [(sum(c * f for c, f in zip(coefficients, row)) + coefficients[-1]) / m - 1
+              for row, m in zip(rows, measured)]
     middle = statistics.median(errors)
     spread = statistics.median(abs(e - middle) for e in errors)
     far = sorted(range(len(errors)), key=lambda i: -abs(errors[i] - middle))[: len(errors) // 4]
@@ -408,11 +410,12 @@ def _robust_fit(rows: Sequence[tuple[float, float]], measured: Sequence[float]
     return coefficients, kept
 
 
-def _fit(rows: Sequence[tuple[float, float]], measured: Sequence[float]) -> tuple[float, float, float]:
-    """Non-negative ``(a, b, c)`` minimising the squared relative error of ``a * lookup + b * activations + c``.
+def _fit(rows: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[float, ...]:
+    """Non-negative coefficients of the features in ``rows`` and an intercept (last), minimising the squared relative
+    error of their sum.
 
-    Every subset of the three terms is solved by least squares; of the solutions with no negative coefficient
-    the one with the smallest error is kept (with three terms this is the non-negative least-squares solution).
+    Every subset of the terms is solved by least squares; of the solutions with no negative coefficient the one
+    with the smallest error is kept (with so few terms, the non-negative least-squares solution).
     """
     import numpy as np
 
@@ -420,13 +423,14 @@ def _fit(rows: Sequence[tuple[float, float]], measured: Sequence[float]) -> tupl
     weights = 1.0 / np.maximum(y, 1e-12)
     design = np.column_stack([np.asarray(rows, dtype=float), np.ones(len(y))]) * weights[:, None]
     target = y * weights
-    best, best_error = (0.0, 0.0, float(np.mean(y))), np.inf
-    for size in (1, 2, 3):
-        for columns in itertools.combinations(range(3), size):
+    terms = design.shape[1]
+    best, best_error = (0.0,) * (terms - 1) + (float(np.mean(y)),), np.inf
+    for size in range(1, terms + 1):
+        for columns in itertools.combinations(range(terms), size):
             solution, *_ = np.linalg.lstsq(design[:, columns], target, rcond=None)
             if (solution < 0).any():
                 continue
-            coefficients = np.zeros(3)
+            coefficients = np.zeros(terms)
             coefficients[list(columns)] = solution
             error = float(np.sum((design @ coefficients - target) ** 2))
             if error < best_error - 1e-15:
