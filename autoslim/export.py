@@ -9,6 +9,7 @@ program or ONNX, each checked to reproduce the supernet at that config before it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
@@ -31,7 +32,8 @@ from .search.targets import Target, pick
 from .search.trajectory import read_trajectory
 from .training.calibrate import recalibrate
 
-__all__ = ["ExportCheck", "export_torchscript", "export_program", "export_onnx", "require_onnx", "ONNX_PACKAGES",
+__all__ = ["ExportCheck", "export_torchscript", "export_program", "export_onnx", "torchscript_bytes", "onnx_bytes",
+           "require_onnx", "ONNX_PACKAGES",
            "search_run_dir", "search_config", "calibrated_static", "ExportResult", "export_search"]
 
 
@@ -105,16 +107,22 @@ def export_torchscript(model: nn.Module, images: Tensor, reference: Tensor, path
     Raises:
         RuntimeError: the traced model's outputs differ from ``reference`` (nothing is written).
     """
+    buffer = torchscript_bytes(model, images, metadata=metadata)
+    loaded = torch.jit.load(io.BytesIO(buffer), map_location="cpu")
+    worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
+    atomic_write(path, lambda stream: stream.write(buffer))
+    return ExportCheck(Path(path), "torchscript", len(images), worst)
+
+
+def torchscript_bytes(model: nn.Module, images: Tensor, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """``model`` (in eval mode) traced on ``images`` to TorchScript, as the file :func:`export_torchscript` writes."""
     model = model.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
         traced = torch.jit.trace(model, images, check_trace=False, strict=False)  # strict=False: dict outputs
         torch.jit.save(traced, buffer, _extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
-        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
-    worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
-    atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
-    return ExportCheck(Path(path), "torchscript", len(images), worst)
+    return buffer.getvalue()
 
 
 def export_program(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
@@ -164,16 +172,9 @@ def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str |
     require_onnx()
     import onnxruntime
 
-    model = model.eval()
     with tempfile.TemporaryDirectory(prefix="autoslim-onnx-") as folder:
         temporary = os.path.join(folder, "model.onnx")
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
-            program = torch.onnx.export(model, (images,), input_names=["images"], output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                        verbose=False)
-            program.model.metadata_props["autoslim"] = json.dumps(dict(metadata or {}))
-            program.save(temporary)
+        _onnx_program(model, images, metadata).save(temporary)
         session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
 
@@ -184,6 +185,26 @@ def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str |
         with open(temporary, "rb") as source:
             atomic_write(path, lambda stream: shutil.copyfileobj(source, stream))
     return ExportCheck(Path(path), "onnx", len(images), worst)
+
+
+def onnx_bytes(model: nn.Module, images: Tensor, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """``model`` (in eval mode) exported to ONNX with a dynamic batch, as the file :func:`export_onnx` writes.
+
+    Raises:
+        RuntimeError: the packages of the ``onnx`` extra are missing.
+    """
+    require_onnx()
+    return _onnx_program(model, images, metadata).model_proto.SerializeToString()
+
+
+def _onnx_program(model: nn.Module, images: Tensor, metadata: Mapping[str, Any] | None):
+    model = model.eval()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
+        program = torch.onnx.export(model, (images,), input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    program.model.metadata_props["autoslim"] = json.dumps(dict(metadata or {}))
+    return program
 
 
 # -- a SEARCH's configs, exported -----------------------------------------------------------------
@@ -212,7 +233,8 @@ def search_run_dir(search_dir: str | os.PathLike) -> Path:
 
 
 def search_config(search_dir: str | os.PathLike, run: Run, *, target: Target | None = None,
-                  step: int | None = None) -> tuple[str, ChannelConfig]:
+                  step: int | None = None,
+                  predict: Callable[[Mapping[str, int]], float] | None = None) -> tuple[str, ChannelConfig]:
     """The config of a search at ``target`` (its first trajectory point meeting it) or at trajectory ``step``.
 
     Targets the search was given and targets it was not are treated alike: the trajectory is the product,
@@ -223,6 +245,8 @@ def search_config(search_dir: str | os.PathLike, run: Run, *, target: Target | N
         run: its supernet run (:func:`autoslim.checkpoint.load_run` of :func:`search_run_dir`).
         target: a budget; exactly one of ``target`` and ``step``.
         step: a trajectory step (0 is the largest config).
+        predict: a latency model's predictor (:meth:`autoslim.latency.LatencyModel.bind`), needed by a latency
+            target: every trajectory point is priced with it (whatever latency the search recorded).
 
     Returns:
         A label (``flops-300M``, ``step-41``) and the config, with its cost and source.
@@ -236,6 +260,8 @@ def search_config(search_dir: str | os.PathLike, run: Run, *, target: Target | N
     search = Path(search_dir)
     supernet = run.supernet
     steps = read_trajectory(search / "trajectory.csv", supernet.largest_config())
+    if predict is not None:
+        steps = [dataclasses.replace(s, latency_ms=predict(s.config)) for s in steps]
     if target is not None:
         point, label = pick(steps, target), target.label
     else:
@@ -283,12 +309,17 @@ class ExportResult:
         config: the config written.
         config_path: where.
         checks: one per model file written, in the order written.
+        latency: for a latency target, the config's measured latency beside the uniform and full networks
+            (:class:`autoslim.latency.LatencyComparison`).
+        latency_model: for a latency target, the model used: ``path``, ``status`` and ``described``.
     """
 
     label: str
     config: ChannelConfig
     config_path: Path
     checks: list[ExportCheck] = field(default_factory=list)
+    latency: Any = None
+    latency_model: dict[str, Any] | None = None
 
 
 _FORMATS = {".pt2": ("torch.export", export_program)}
@@ -297,7 +328,8 @@ _FORMATS = {".pt2": ("torch.export", export_program)}
 def export_search(search_dir: str | os.PathLike, *, target: Target | None = None, step: int | None = None,
                   out: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
                   onnx: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                  force: bool = False, check_images: int = 64) -> ExportResult:
+                  force: bool = False, check_images: int = 64, latency_key: Any = None, latency_timer: Any = None,
+                  on_latency: Callable[[int, int, str], None] | None = None) -> ExportResult:
     """Write the config of a search at a target or step, and on request the standalone network.
 
     ``model`` is written as TorchScript, or as a ``torch.export`` program when it ends in ``.pt2``; ``onnx``
@@ -316,6 +348,13 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
         data_dir: where the run's data lives now (default: as in training); needed for a model file.
         force: overwrite existing files.
         check_images: test images of the check batch.
+        latency_key: what a latency target is measured on (:class:`autoslim.latency.LatencyKey`; default: CPU, torch,
+            batch 1, one thread). Its model comes from ``RUN/latency/`` or is measured now; the config is measured
+            as a whole network beside the widest uniform network within the target, the uniform network of equal
+            MACs and the full network (``ExportResult.latency``), and the config file records predicted and
+            measured latency.
+        latency_timer: what measures latency (default: :func:`autoslim.latency.make_timer`).
+        on_latency: called as a latency model is measured.
 
     Raises:
         FileNotFoundError: no SEARCH, run or data where they were looked for.
@@ -327,7 +366,15 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
         require_onnx()
     search = Path(search_dir)
     run = load_run(search_run_dir(search), device="cpu")
-    label, config = search_config(search, run, target=target, step=step)
+    predict = timer = found = None
+    if target is not None and target.kind == "latency":
+        from .latency import LatencyKey, latency_model, make_timer
+
+        latency_key = latency_key if latency_key is not None else LatencyKey()
+        timer = latency_timer if latency_timer is not None else make_timer(latency_key)
+        found = latency_model(run.path, run.supernet, latency_key, timer=timer, on_progress=on_latency)
+        predict = found.model.bind(run.supernet)
+    label, config = search_config(search, run, target=target, step=step, predict=predict)
     config_path = Path(out) if out is not None else search / "configs" / f"{label}.yaml"
     _check_writable(config_path, force, same=lambda: _same_config(config_path, config))
     files = [Path(p) for p in (model, onnx) if p is not None]
@@ -336,6 +383,14 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
     if len(set(files + [config_path])) < len(files) + 1:
         raise ValueError("the config, --model and --onnx files must be different files")
     result = ExportResult(label, config, config_path)
+    if predict is not None:
+        from .latency import compare_latency
+
+        result.latency = compare_latency(run.supernet, config.channels, timer, budget_ms=target.value, predict=predict)
+        result.latency_model = {"path": str(found.path), "status": found.status, "described": latency_key.describe()}
+        config.cost["latency"] = {"predicted_ms": predict(config.channels),
+                                  "measured_ms": result.latency.searched.measured_ms, **latency_key.to_dict(),
+                                  "description": found.model.description}
     if files:
         data = run.load_data(data_dir=data_dir)
         static = calibrated_static(run, config.channels, data)

@@ -21,15 +21,24 @@ __all__ = ["cost"]
 @click.option("--save-config", type=click.Path(dir_okay=False),
               help="With --width: write the uniform network as a config file (for retrain).")
 @click.option("--force", is_flag=True, help="Overwrite --save-config's file.")
+@click.option("--latency", "measure_latency", is_flag=True,
+              help="Also measure the network's latency as a whole, beside the widest uniform network within the same "
+                   "latency, the uniform network of equal MACs and the full network.")
+@click.option("--latency-device", default="cpu", show_default=True, help="Device of --latency: cpu or cuda.")
+@click.option("--runtime", default="torch", show_default=True, help="Runtime of --latency: torch or onnxruntime.")
+@click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size of --latency.")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of --latency.")
 def cost(space_name: str, width: float | None, config_path: str | None, input_size: int | None,
          width_mult: float | None, num_classes: int | None, as_json: bool, save_config: str | None,
-         force: bool) -> None:
+         force: bool, measure_latency: bool, latency_device: str, runtime: str, latency_batch: int,
+         threads: int) -> None:
     """MACs and parameters of SPACE at a uniform --width or a --config file.
 
     SPACE is a bundled space, a YAML file, torchvision:NAME or path/to/file.py:function. MACs count the
     multiply-accumulates of conv and linear layers (the paper's "FLOPs"). With --save-config, the uniform
     network is written as a channel config that `autoslim retrain` trains, e.g. to bracket a searched config
-    between the uniform widths below and above it.
+    between the uniform widths below and above it. With --latency the network is exported and timed whole (at the
+    space's input size, untrained weights: latency does not depend on them).
     """
     if (width is None) == (config_path is None):
         raise click.UsageError("give exactly one of --width W or --config FILE")
@@ -60,6 +69,17 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
         config = supernet.uniform_config(width)
     size = input_size or space.input_size
     result = supernet.cost(config, input_size=size)
+    comparison = None
+    if measure_latency:
+        from autoslim.latency import LatencyKey, compare_latency, device_description, make_timer
+
+        if input_size is not None and input_size != supernet.input_size:
+            raise click.UsageError("--latency measures at the space's input size; drop --input-size")
+        key = LatencyKey(latency_device, runtime, latency_batch, threads)
+        timer = make_timer(key)
+        with console.status(f"measuring on {key.describe()}"):
+            comparison = compare_latency(supernet, config, timer, uniform=config_path is not None,
+                                         name=config_path if config_path else f"uniform {width:g}x")
     if save_config:
         from autoslim.channel_config import ChannelConfig, save_config as write_config
         from autoslim.training.settings import space_reference
@@ -69,13 +89,21 @@ def cost(space_name: str, width: float | None, config_path: str | None, input_si
                                                 cost={"macs": result.macs, "params": result.params, "input_size": size},
                                                 source={"uniform": width}))
     if as_json:
-        print(json.dumps({"space": space.name, "width": width, "config": config_path, "input_size": size,
-                          "macs": int(result.macs), "params": int(result.params), "channels": config}))
+        found = {"space": space.name, "width": width, "config": config_path, "input_size": size,
+                 "macs": int(result.macs), "params": int(result.params), "channels": config}
+        if comparison is not None:
+            found["latency"] = {**key.to_dict(), "description": device_description(key), **comparison.to_dict()}
+        print(json.dumps(found))
         return
     rows = [[unit.name, config.get(unit.name, unit.maximum), unit.maximum, unit.frozen or ""] for unit in supernet.layer_units]
     console.print(table(f"{space.name} at {'width ' + format(width, 'g') if width else config_path}",
                         ["unit", "channels", "max", "frozen because"], rows, justify_right={"channels", "max"}))
     console.print(f"MACs {result.macs:,} ({format_count(result.macs)}), params {result.params:,} "
                   f"({format_count(result.params)}) at {space.in_channels}x{size}x{size}")
+    if comparison is not None:
+        from cli.latency import print_comparison
+
+        print_comparison(comparison, f"measured on {key.describe()} ({device_description(key)['cpu']})")
     if save_config:
         console.print(f"wrote {save_config}")
+

@@ -22,6 +22,7 @@ _COMMANDS = {
     "spaces": "cli.spaces:spaces",
     "cost": "cli.cost:cost",
     "train-supernet": "cli.train:train_supernet",
+    "latency": "cli.latency:latency",
     "search": "cli.search:search",
     "export-config": "cli.export:export_config",
     "retrain": "cli.retrain:retrain",
@@ -81,7 +82,8 @@ def cli() -> None:
     autoslim cost SPACE --width 1.0                 exact MACs and parameters of a config
     autoslim train-supernet --space SPACE --out RUN train a slimmable supernet
              ... --init WEIGHTS                     starting from your trained network
-    autoslim search RUN --flops 300M                greedy slimming, one config per budget
+    autoslim latency RUN [--runtime onnxruntime]    measure the supernet's latency model on this machine
+    autoslim search RUN --flops 300M                greedy slimming, one config per budget (or --latency 3ms)
     autoslim export-config SEARCH --flops 300M      the config (and a standalone model)
     autoslim retrain CONFIG.yaml --baseline uniform train it from scratch beside the uniform net
              ... --init supernet                    or fine-tune it from the supernet's weights

@@ -108,8 +108,8 @@ def test_search_stops_only_when_every_limit_is_met():
 def test_every_target_takes_the_first_point_that_meets_it():
     targets = parse_targets(["900", "600"], ["60"])
     check_targets(targets, largest=chain_cost(START), smallest=chain_cost(SMALLEST))
-    stop_macs, stop_params = stop_limits(targets)
-    assert (stop_macs, stop_params) == (600, 60)
+    stop_macs, stop_params, stop_latency = stop_limits(targets)
+    assert (stop_macs, stop_params, stop_latency) == (600, 60, None)
     steps = run(stop_macs=stop_macs, stop_params=stop_params)
     for target in targets:
         chosen = pick(steps, target)
@@ -294,8 +294,8 @@ def test_parse_targets_labels(flops, params, labels):
 def test_parse_targets_rejects_bad_budgets():
     with pytest.raises(ValueError, match="300M"):
         parse_targets(["lots"], [])
-    with pytest.raises(ValueError, match="flops, params"):
-        Target("latency", 5)
+    with pytest.raises(ValueError, match="flops, params, latency"):
+        Target("energy", 5)
 
 
 def test_check_targets_rejects_unreachable_targets():
@@ -369,7 +369,7 @@ def test_choice_leads_count_ties_and_narrow_leads_in_images():
 def test_a_trajectory_without_the_runner_up_column_is_read_and_upgraded(tmp_path):
     path = tmp_path / "trajectory.csv"
     steps = run(criterion="drop-per-mac")[:4]
-    old_columns = [c for c in TRAJECTORY_COLUMNS if c not in ("runner_up", "kl")]
+    old_columns = [c for c in TRAJECTORY_COLUMNS if c not in ("runner_up", "kl", "latency_ms")]
     rows = [",".join(old_columns)]
     for s in steps:
         row = dict(step=s.step, unit=s.unit or "", channels="" if s.channels is None else s.channels, macs=s.macs,
@@ -391,3 +391,31 @@ def test_a_trajectory_without_the_runner_up_column_is_read_and_upgraded(tmp_path
     assert [s.config for s in read_trajectory(path, START)] == [s.config for s in run(criterion="drop-per-mac")]
     with pytest.raises(ValueError, match="no KL divergence"):  # the default signal needs what it never recorded
         next(greedy_search(START, CHOICES, chain_cost, EVALUATE, history=back))
+
+
+def test_a_trajectory_without_the_latency_column_is_read_and_resumed(tmp_path):
+    path = tmp_path / "trajectory.csv"
+    whole = run(stop_macs=500)
+    write_trajectory(path, whole[:3])
+    lines = path.read_text().splitlines()
+    assert lines[0].endswith(",kl,latency_ms")
+    path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # a search made before latency
+
+    back = read_trajectory(path, START, repair=True)
+    assert back == whole[:3] and all(s.latency_ms is None for s in back)
+    assert path.read_text().splitlines()[0] == ",".join(TRAJECTORY_COLUMNS)
+    for step in greedy_search(START, CHOICES, chain_cost, EVALUATE, history=back, stop_macs=500):
+        append_step(path, step)
+    assert read_trajectory(path, START) == whole
+
+
+def test_latency_round_trips_through_the_trajectory_file(tmp_path):
+    def cost(config):
+        macs, params = chain_cost(config)
+        return macs, params, macs / 1e3 + 0.1
+
+    steps = list(greedy_search(START, CHOICES, cost, EVALUATE, stop_latency=0.6))
+    assert steps[-1].latency_ms <= 0.6 and all(s.latency_ms is not None for s in steps)
+    write_trajectory(tmp_path / "t.csv", steps)
+    assert read_trajectory(tmp_path / "t.csv", START) == steps
+    assert pick(steps, Target("latency", 0.8)) == next(s for s in steps if s.latency_ms <= 0.8)

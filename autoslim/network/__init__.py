@@ -21,7 +21,7 @@ from .trace_records import Segment, Layout, LayerCall, ParameterUse, Trace, inpu
 from .fx_graph import LeafTracer, symbolic_trace, propagate_shapes
 from .tracing import trace_model
 from .cost import Cost, CostModel, count_parameters
-from .supernet import Supernet, convert, Config, uniform_within, UNIFORM_WIDTHS
+from .supernet import Supernet, convert, Config, uniform_within, widest_uniform, UNIFORM_WIDTHS
 from .static import materialize, to_static
 from .ordering import sort_channels, channel_importance, IMPORTANCES
 from .widths import widths_of, narrow, fitting_width, check_keys, load_weights
@@ -30,6 +30,6 @@ __all__ = ["make_divisible", "unit_choices", "ChannelUnit", "SlimConv2d", "SlimL
            "SlimLayerNorm", "SlimLayerNorm2d", "SLIM_TYPES", "to_slim", "Ranges", "is_layer_norm_2d", "replace_module",
            "slice_parameters", "set_parameter_count", "unslice_parameters", "Segment", "Layout", "LayerCall",
            "ParameterUse", "Trace", "input_count", "LeafTracer", "symbolic_trace", "propagate_shapes", "trace_model",
-           "Cost", "CostModel", "count_parameters", "Supernet", "convert", "Config", "uniform_within", "UNIFORM_WIDTHS",
-           "materialize", "to_static", "sort_channels", "channel_importance", "IMPORTANCES", "widths_of", "narrow",
-           "fitting_width", "check_keys", "load_weights"]
+           "Cost", "CostModel", "count_parameters", "Supernet", "convert", "Config", "uniform_within", "widest_uniform",
+           "UNIFORM_WIDTHS", "materialize", "to_static", "sort_channels", "channel_importance", "IMPORTANCES",
+           "widths_of", "narrow", "fitting_width", "check_keys", "load_weights"]

@@ -23,7 +23,7 @@ from .trace_records import Trace, input_count
 from .tracing import trace_model
 from .units import ChannelUnit, make_divisible, unit_choices
 
-__all__ = ["Supernet", "convert", "Config", "uniform_within", "UNIFORM_WIDTHS"]
+__all__ = ["Supernet", "convert", "Config", "uniform_within", "widest_uniform", "UNIFORM_WIDTHS"]
 
 UNIFORM_WIDTHS = (0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 """The uniform widths a search scores as its baseline (those that fit the space)."""
@@ -124,6 +124,14 @@ class Supernet(nn.Module):
                 raise ValueError(f"config is missing unit(s) {', '.join(repr(m) for m in missing[:5])}"
                                  f"{' and more' if len(missing) > 5 else ''}")
         return result
+
+    def unit_counts(self, config: Config | None = None) -> list[int]:
+        """The count of every unit (``units`` order, frozen ones at their maximum) at ``config`` (default: current).
+
+        Raises:
+            ValueError: an invalid config, as :meth:`validate_config` with ``complete=False``.
+        """
+        return self._counts_of(None if config is None else self.validate_config(config, complete=False))
 
     def _counts_of(self, config: Config | None) -> list[int]:
         if config is None:
@@ -276,21 +284,34 @@ def uniform_within(supernet: Supernet, *, macs: Optional[int] = None, params: Op
                    resolution: float = 0.01) -> Optional[tuple[float, dict[str, int]]]:
     """The widest uniform-width config whose cost is within the limits, on a grid of ``resolution``.
 
-    Returns ``(width, config)``, or None when even the narrowest width exceeds the limits. Cost grows
-    with width, so the grid is bisected.
+    Returns ``(width, config)``, or None when even the narrowest width exceeds the limits.
+    """
+
+    def fits(config: dict[str, int]) -> bool:
+        cost = supernet.cost(config)
+        return (macs is None or cost.macs <= macs) and (params is None or cost.params <= params)
+
+    return widest_uniform(supernet, fits, resolution=resolution)
+
+
+def widest_uniform(supernet: Supernet, fits: Callable[[dict[str, int]], bool], *,
+                   resolution: float = 0.01) -> Optional[tuple[float, dict[str, int]]]:
+    """The widest uniform-width config that ``fits`` accepts, on a grid of ``resolution`` (None if none does).
+
+    ``fits`` is assumed to accept every width below one it accepts (a cost that grows with width, such as MACs or
+    latency), so the grid is bisected: ``fits`` is called about log2(width_mult / resolution) times.
     """
     steps = int(round(supernet.width_mult / resolution))
 
-    def fits(i: int) -> bool:
-        cost = supernet.cost(supernet.uniform_config(i * resolution))
-        return (macs is None or cost.macs <= macs) and (params is None or cost.params <= params)
+    def accepted(i: int) -> bool:
+        return fits(supernet.uniform_config(i * resolution))
 
-    if not fits(1):
+    if not accepted(1):
         return None
     low, high = 1, steps  # invariant: low fits; nothing above high does
     while low < high:
         middle = (low + high + 1) // 2
-        if fits(middle):
+        if accepted(middle):
             low = middle
         else:
             high = middle - 1

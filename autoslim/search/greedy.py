@@ -70,6 +70,8 @@ class Step:
         runner_up: the criterion value of the second-best candidate (``None`` for step 0, a single
             candidate, or a trajectory written before it was recorded). Under ``accuracy`` the lead
             ``score - runner_up`` times the batch size is the number of held-out images the choice turned on.
+        kl: the KL divergence from the largest config's predictions (``None`` if not measured).
+        latency_ms: the predicted latency of the config (``None`` when the search had no latency model).
     """
 
     step: int
@@ -85,10 +87,11 @@ class Step:
     config: dict[str, int] = field(hash=False)
     runner_up: Optional[float] = None
     kl: Optional[float] = None
+    latency_ms: Optional[float] = None
 
 
-Cost = Callable[[Mapping[str, int]], Tuple[int, int]]
-"""``cost(config) -> (macs, params)``."""
+Cost = Callable[[Mapping[str, int]], Tuple[float, ...]]
+"""``cost(config) -> (macs, params)``, or ``(macs, params, latency_ms)`` when the search weighs latency."""
 
 Evaluator = Callable[[Mapping[str, int], Sequence[Tuple[Optional[str], Mapping[str, int]]]], Sequence[Score]]
 """``evaluate(current, [(unit, candidate), ...]) -> [Score, ...]``, one score per candidate, same order.
@@ -122,14 +125,17 @@ def greedy_search(
     signal: str = "kl",
     stop_macs: Optional[int] = None,
     stop_params: Optional[int] = None,
+    stop_latency: Optional[float] = None,
     history: Sequence[Step] = (),
 ) -> Iterator[Step]:
     """Shrink the network one unit by one choice at a time, yielding every step as it is made.
 
     At each step every unit whose count is above its smallest choice gives one candidate: that unit at
-    the next lower choice. Candidates that do not reduce the targeted cost are skipped: MACs, or
-    parameters when only ``stop_params`` is given (or when both are given and the MAC limit is already
-    met). The remaining candidates are scored together and the best is kept:
+    the next lower choice. Candidates that do not reduce the targeted cost are skipped. The targeted cost is the
+    first of latency, MACs and parameters whose limit is given and not yet met (MACs when no limit is given).
+    Under a latency limit, when no candidate lowers the predicted latency (a latency model need not fall with
+    every channel removed), the candidates that lower MACs are kept instead, so that the search goes on; they
+    rank as saving nothing. The remaining candidates are scored together and the best is kept:
 
     - ``drop-per-cost``: the ``signal`` lost per unit of the targeted cost saved (:func:`criterion_key`): steps
       that lose nothing first, the one saving the most first (a ratio would prefer the smallest saving among
@@ -140,20 +146,22 @@ def greedy_search(
     A candidate the evaluator did not score completely (:attr:`Score.complete` False) is never kept before a
     complete one.
 
-    The search stops once the current config meets every limit given (``macs <= stop_macs`` and
-    ``params <= stop_params``), when no unit can shrink, or when no candidate reduces the targeted cost.
-    With no limit it runs to the smallest config.
+    The search stops once the current config meets every limit given (``macs <= stop_macs``,
+    ``params <= stop_params`` and ``latency <= stop_latency``), when no unit can shrink, or when no candidate
+    reduces the targeted cost. With no limit it runs to the smallest config.
 
     Args:
         start: the largest config, unit name -> count, in unit order.
         choices: unit name -> its allowed counts. Units absent from it, or with a single choice, are
             never changed.
-        cost: ``cost(config) -> (macs, params)``.
+        cost: ``cost(config) -> (macs, params)``, or ``(macs, params, latency_ms)`` (needed for ``stop_latency``;
+            recorded as each step's ``latency_ms``).
         evaluate: the evaluator, see :data:`Evaluator`.
         criterion: one of :data:`CRITERIA`.
         signal: one of :data:`SIGNALS`, for ``drop-per-cost``.
         stop_macs: stop once the MACs are at or under this.
         stop_params: stop once the parameters are at or under this.
+        stop_latency: stop once the predicted latency (the third value of ``cost``) is at or under this.
         history: steps already made (e.g. from :func:`read_trajectory`); the search continues after the
             last one without yielding them again or re-evaluating step 0.
 
@@ -172,11 +180,19 @@ def greedy_search(
     if criterion == "drop-per-mac":
         signal = "top1"
     ladders = _ladders(start, choices)
+    limits = (stop_macs, stop_params, stop_latency)
+
+    def costs_of(config: Mapping[str, int]) -> tuple:
+        found = tuple(cost(config))
+        if stop_latency is not None and len(found) < 3:
+            raise ValueError("a latency limit needs a cost function that returns (macs, params, latency_ms)")
+        return found if len(found) >= 3 else (*found, None)
 
     if history:
         _check_history(history, start)
         last = history[-1]
-        current, macs, params = dict(last.config), last.macs, last.params
+        current = dict(last.config)
+        spent = costs_of(current)  # the latency model may differ from the one that recorded the history
         now = Score(last.accuracy, last.loss, last.kl)
         if criterion == "drop-per-cost" and signal == "kl" and last.kl is None:
             raise ValueError("the trajectory records no KL divergence: resume it with the criterion and signal "
@@ -184,33 +200,36 @@ def greedy_search(
         number = last.step
     else:
         began = time.perf_counter()
-        macs, params = cost(start)
+        spent = costs_of(start)
         (now,) = _scores(evaluate, start, [(None, dict(start))])
         current, number = dict(start), 0
         score = now.accuracy if criterion == "accuracy" else 0.0
-        yield Step(0, None, None, macs, params, now.accuracy, now.loss, score, 1,
-                   time.perf_counter() - began, dict(current), kl=now.kl)
+        yield Step(0, None, None, spent[0], spent[1], now.accuracy, now.loss, score, 1,
+                   time.perf_counter() - began, dict(current), kl=now.kl, latency_ms=spent[2])
 
-    while not _meets(macs, params, stop_macs, stop_params):
+    while not _meets(spent, limits):
         began = time.perf_counter()
-        # Every step must lower the cost still aimed at: MACs, unless only a parameter limit is left.
-        by_params = stop_params is not None and (stop_macs is None or macs <= stop_macs)
-        aimed = 1 if by_params and criterion != "drop-per-mac" else 0
-        candidates, costs = [], []
+        # Every step must lower the cost still aimed at: the first of latency, MACs and parameters not yet met
+        # (drop-per-mac weighs the MACs saved whatever it aims at).
+        aimed = _aimed(spent, limits)
+        weighed = 0 if criterion == "drop-per-mac" else aimed
+        lowered = {}  # the cost a candidate lowers -> [(unit, config, its costs)]
         for unit, ladder in ladders.items():
             lower = [count for count in ladder if count < current[unit]]
             if not lower:
                 continue
             config = dict(current)
             config[unit] = lower[-1]
-            candidate_cost = cost(config)
-            if (candidate_cost[1] < params) if by_params else (candidate_cost[0] < macs):
-                candidates.append((unit, config))
-                costs.append(candidate_cost)
-        if not candidates:
+            candidate_cost = costs_of(config)
+            for index in {aimed, 0}:
+                if candidate_cost[index] < spent[index]:
+                    lowered.setdefault(index, []).append((unit, config, candidate_cost))
+        found = lowered.get(aimed) or (lowered.get(0) if aimed == 2 else None)
+        if not found:
             return
-        spent = (macs, params)[aimed]
-        saved = [spent - c[aimed] for c in costs]
+        candidates = [(unit, config) for unit, config, _ in found]
+        costs = [c for _, _, c in found]
+        saved = [max(0.0, spent[weighed] - c[weighed]) for c in costs]
         ranking = None if criterion == "accuracy" else Ranking(signal, tuple(saved))
         scores = _scores(evaluate, current, candidates, ranking)
         if criterion == "accuracy":
@@ -228,9 +247,10 @@ def greedy_search(
         now = scores[best]
         number += 1
         current = config
-        macs, params = costs[best]
-        yield Step(number, unit, config[unit], macs, params, now.accuracy, now.loss, values[best],
-                   len(candidates), time.perf_counter() - began, dict(config), runner_up, kl=now.kl)
+        spent = costs[best]
+        yield Step(number, unit, config[unit], spent[0], spent[1], now.accuracy, now.loss, values[best],
+                   len(candidates), time.perf_counter() - began, dict(config), runner_up, kl=now.kl,
+                   latency_ms=spent[2])
 
 
 def greedy_slim(supernet, evaluate: Callable[[Mapping[str, int]], float], *, flops: Optional[int] = None,
@@ -334,11 +354,20 @@ def _scores(evaluate: Evaluator, current: Mapping[str, int],
     return scores
 
 
-def _meets(macs: int, params: int, max_macs: Optional[int], max_params: Optional[int]) -> bool:
-    """Whether a cost is within every limit given (never, when none is given)."""
-    if max_macs is None and max_params is None:
+def _meets(spent: Sequence[Optional[float]], limits: Sequence[Optional[float]]) -> bool:
+    """Whether ``(macs, params, latency)`` is within every limit given (never, when none is given)."""
+    if all(limit is None for limit in limits):
         return False
-    return (max_macs is None or macs <= max_macs) and (max_params is None or params <= max_params)
+    return all(limit is None or value <= limit for value, limit in zip(spent, limits))
+
+
+def _aimed(spent: Sequence[Optional[float]], limits: Sequence[Optional[float]]) -> int:
+    """The index in ``(macs, params, latency)`` of the cost a step must lower: the first of latency, MACs and
+    parameters whose limit is given and not met (MACs when no limit is given)."""
+    for index in (2, 0, 1):
+        if limits[index] is not None and spent[index] > limits[index]:
+            return index
+    return 0
 
 
 def choice_leads(steps: Sequence[Step], batch: int) -> Optional[dict[str, float]]:

@@ -5,6 +5,10 @@
 ``trajectory.csv`` as it is made, and writes the products: ``pareto.csv``, ``pareto.png``, one config per
 target in ``configs/``, ``run.yaml`` and ``summary.json``. Re-running into the same SEARCH continues the
 trajectory where it stopped (targets may change between runs: the trajectory does not depend on them).
+
+Latency targets (``--latency 3ms``) use the run's latency model on the settings' device, runtime, batch and threads
+(:func:`autoslim.latency.latency_model`: cached in ``RUN/latency/``, measured on demand): every step records its
+predicted latency, steps weigh the milliseconds they save, and every pick is measured as a whole network at the end.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ import torch
 from ..budget import format_count
 from ..channel_config import ChannelConfig, save_config
 from ..io import atomic_write, read_yaml, write_json, write_text, write_yaml
-from ..network.supernet import UNIFORM_WIDTHS, Supernet, uniform_within
+from ..network.supernet import UNIFORM_WIDTHS, Supernet, uniform_within, widest_uniform
 from .greedy import CRITERIA, SIGNALS, Step, choice_leads, greedy_search
-from .targets import Target, check_targets, pick, stop_limits
+from .targets import Limits, Target, check_targets, pick, stop_limits
 from .trajectory import append_step, pareto_front, read_trajectory
 
 __all__ = ["SearchSettings", "SearchResult", "search_run"]
 
-_TRAJECTORY_KEYS = ("run", "criterion", "signal", "eval_batch", "slice_size", "confidence", "calibration_batches", "seed")
+_TRAJECTORY_KEYS = ("run", "criterion", "signal", "eval_batch", "slice_size", "confidence", "calibration_batches", "seed",
+                    "latency_model")
 _BEFORE_1_0 = {"signal": "top1", "slice_size": None, "confidence": None}  # what searches of autoslim 0.x did
 
 
@@ -48,6 +53,11 @@ class SearchSettings:
             which measures no KL divergence).
         confidence: standard errors of the bound that stops scoring candidates that cannot win (None: score
             every candidate on every image).
+        latency_device, runtime, latency_batch, threads: what latency targets are measured on
+            (:class:`autoslim.latency.LatencyKey`).
+        latency_networks: whole networks timed to fit a latency model measured for this search.
+        latency_model: the latency model the trajectory was made with (:attr:`autoslim.latency.LatencyModel.identity`;
+            set by :func:`search_run` when a target is a latency, None otherwise).
     """
 
     run: str
@@ -62,6 +72,19 @@ class SearchSettings:
     to_smallest: bool = False
     seed: int = 0
     device: str = "cpu"
+    latency_device: str = "cpu"
+    runtime: str = "torch"
+    latency_batch: int = 1
+    threads: int = 1
+    latency_networks: int = 24
+    latency_model: Optional[str] = None
+
+    @property
+    def latency_key(self):
+        """The :class:`autoslim.latency.LatencyKey` of latency targets."""
+        from ..latency.timing import LatencyKey
+
+        return LatencyKey(self.latency_device, self.runtime, self.latency_batch, self.threads)
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
@@ -78,6 +101,9 @@ class SearchSettings:
             raise ValueError("the KL signal needs the sliced scorer: give a slice size, or --signal top1")
         if self.calibration_batches < 0:
             raise ValueError(f"--calibration-batches must be >= 0, got {self.calibration_batches}")
+        self.latency_key  # validates the device, runtime, batch and threads
+        if self.latency_networks < 3:
+            raise ValueError(f"a latency model needs at least 3 whole networks, got {self.latency_networks}")
 
 
 @dataclass
@@ -91,12 +117,16 @@ class SearchResult:
     baselines: dict[str, dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     work: dict[str, Any] = field(default_factory=dict)
+    latency: Optional[dict[str, Any]] = None  # the latency model used: key, description, file, status
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # per pick: predicted and measured latency
 
 
 def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Sequence[Target], *,
                data_dir: Optional[str] = None, force: bool = False,
                on_start: Optional[Callable[[dict[str, Any]], None]] = None,
-               on_step: Optional[Callable[[Step], None]] = None) -> SearchResult:
+               on_step: Optional[Callable[[Step], None]] = None,
+               on_latency: Optional[Callable[[int, int, str], None]] = None,
+               latency_timer: Any = None) -> SearchResult:
     """Search the run ``settings.run`` and write SEARCH to ``out_dir``.
 
     Args:
@@ -107,10 +137,13 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
         force: start over in an ``out_dir`` whose trajectory came from other settings.
         on_start: called once with ``largest``/``smallest``/``stop``/``resumed`` facts (for progress bars).
         on_step: called with every new step.
+        on_latency: called as a latency model is measured (``done, total, what``).
+        latency_timer: what measures latency (default: :func:`autoslim.latency.make_timer` of the settings' key).
 
     Raises:
         ValueError: unreachable targets (with the reachable range), a SEARCH of other settings without
             ``force``, bad settings.
+        RuntimeError: a latency runtime whose packages are missing.
     """
     from ..checkpoint import load_run
     from ..devices import resolve_device
@@ -124,8 +157,23 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     largest, smallest = supernet.largest_config(), supernet.smallest_config()
     largest_cost, smallest_cost = supernet.cost(largest), supernet.cost(smallest)
     if not targets and not settings.to_smallest:
-        raise ValueError("give at least one target (--flops 300M, --params 2M) or --to-smallest")
-    check_targets(targets, largest=tuple(largest_cost), smallest=tuple(smallest_cost))
+        raise ValueError("give at least one target (--flops 300M, --params 2M, --latency 3ms) or --to-smallest")
+    check_targets([t for t in targets if t.kind != "latency"], largest=tuple(largest_cost),
+                  smallest=tuple(smallest_cost))
+    predict, timer, latency = None, None, None
+    if any(t.kind == "latency" for t in targets):
+        from ..latency import latency_model, make_timer
+
+        key = settings.latency_key
+        timer = latency_timer if latency_timer is not None else make_timer(key)
+        found = latency_model(run.path, supernet, key, timer=timer, networks=settings.latency_networks,
+                              seed=settings.seed, on_progress=on_latency)
+        predict = found.model.bind(supernet)
+        settings = dataclasses.replace(settings, latency_model=found.model.identity)
+        latency = {**key.to_dict(), "described": key.describe(), "description": found.model.description,
+                   "model": str(found.path), "identity": found.model.identity, "status": found.status}
+        largest_cost, smallest_cost = (*largest_cost, predict(largest)), (*smallest_cost, predict(smallest))
+        check_targets([t for t in targets if t.kind == "latency"], largest=largest_cost, smallest=smallest_cost)
     history = _open_search(out, settings, largest, force=force)
 
     data = run.load_data(data_dir=data_dir)
@@ -143,22 +191,24 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     else:
         scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size, confidence=settings.confidence,
                               reuse=settings.reuse, calibration=calibration)
-    stop_macs, stop_params = (None, None) if settings.to_smallest else stop_limits(targets)
+    limits = Limits() if settings.to_smallest else stop_limits(targets)
     choices = {unit.name: unit.choices for unit in supernet.slimmable_units}
 
     def cost(config):
-        return tuple(supernet.cost(config))
+        found = supernet.cost(config)
+        return (found.macs, found.params) if predict is None else (found.macs, found.params, predict(config))
 
     if on_start:
-        on_start({"largest": largest_cost, "smallest": smallest_cost, "stop_macs": stop_macs,
-                  "stop_params": stop_params, "resumed": len(history), "batch": size,
-                  "candidates": sum(len(c) > 1 for c in choices.values())})
+        on_start({"largest": supernet.cost(largest), "smallest": supernet.cost(smallest), "stop_macs": limits.macs,
+                  "stop_params": limits.params, "stop_latency": limits.latency,
+                  "latency": (largest_cost[2], smallest_cost[2]) if predict else None, "resumed": len(history),
+                  "batch": size, "candidates": sum(len(c) > 1 for c in choices.values())})
     trajectory = out / "trajectory.csv"
     steps = list(history)
     started = time.perf_counter()
     for step in greedy_search(largest, choices, cost, scorer, criterion=settings.criterion, signal=settings.signal,
-                              stop_macs=stop_macs,
-                              stop_params=stop_params, history=history):
+                              stop_macs=limits.macs, stop_params=limits.params, stop_latency=limits.latency,
+                              history=history):
         append_step(trajectory, step)
         steps.append(step)
         if on_step:
@@ -169,21 +219,38 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     picks = {target.label: pick(steps, target) for target in targets}
     baselines = {}
     for target in targets:
-        limits = {"macs": target.value} if target.kind == "flops" else {"params": target.value}
-        found = uniform_within(supernet, **limits)
+        if target.kind == "latency":
+            found = widest_uniform(supernet, lambda config: predict(config) <= target.value)
+        else:
+            found = uniform_within(supernet, **({"macs": target.value} if target.kind == "flops"
+                                                else {"params": target.value}))
         if found is not None:
             width, config = found
             with torch.no_grad():
                 score = scorer(config, [(None, config)])[0]
             baselines[target.label] = {"width": width, **supernet.cost(config)._asdict(),
                                        "accuracy": score.accuracy, "loss": score.loss}
+            if predict is not None:
+                baselines[target.label]["latency"] = _measure(supernet, config, predict, timer)
+    measured = {}
+    if predict is not None:
+        for label, step in picks.items():
+            measured[label] = _measure(supernet, step.config, predict, timer)
     result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
                           work={"seconds": seconds, "macs_executed": scorer.macs_executed,
                                 "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
                                 "slices": len(getattr(scorer, "slices", [None])),
-                                "candidates_dropped": getattr(scorer, "dropped", None)})
+                                "candidates_dropped": getattr(scorer, "dropped", None)},
+                          latency=latency, measured=measured)
     _write_products(result, run, settings, targets)
     return result
+
+
+def _measure(supernet: Supernet, config: dict[str, int], predict: Callable, timer: Any) -> dict[str, float]:
+    """A config's predicted latency and its latency measured as a whole network."""
+    from ..latency import measure_config
+
+    return {"predicted_ms": predict(config), "measured_ms": measure_config(supernet, config, timer)}
 
 
 def _open_search(out: Path, settings: SearchSettings, start: dict[str, int], *, force: bool) -> list[Step]:
@@ -219,8 +286,11 @@ def _score_uniform(supernet: Supernet, scorer) -> list[dict[str, Any]]:
 
 def _write_products(result: SearchResult, run, settings: SearchSettings, targets: Sequence[Target]) -> None:
     out = result.out
-    front = pareto_front(result.steps)
-    lines = ["step,macs,params,accuracy,loss"] + [f"{s.step},{s.macs},{s.params},{s.accuracy!r},{s.loss!r}" for s in front]
+    by_latency = any(t.kind == "latency" for t in targets)
+    front = pareto_front(result.steps, (lambda s: s.latency_ms) if by_latency else (lambda s: s.macs))
+    lines = ["step,macs,params,accuracy,loss,latency_ms"] + [
+        f"{s.step},{s.macs},{s.params},{s.accuracy!r},{s.loss!r},{'' if s.latency_ms is None else repr(s.latency_ms)}"
+        for s in front]
     write_text(out / "pareto.csv", "\n".join(lines) + "\n")
     space_options = dict(run.space_options)
     summary: dict[str, Any] = {"run": settings.run, "space": run.space.name, "criterion": settings.criterion,
@@ -229,17 +299,26 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
                                "work": result.work}
     if settings.criterion == "accuracy":
         summary["choices"] = choice_leads(result.steps, result.work["batch"])
+    if result.latency is not None:
+        summary["latency"] = result.latency
     for target in targets:
         step = result.picks[target.label]
         path = out / "configs" / f"{target.label}.yaml"
+        cost = {"macs": step.macs, "params": step.params, "input_size": space_options.get("input_size")}
+        latency = None
+        if target.label in result.measured:
+            latency = {**result.measured[target.label], **{k: result.latency[k] for k in
+                                                            ("device", "runtime", "batch", "threads", "description")}}
+            cost["latency"] = latency
         save_config(path, ChannelConfig(
-            space=run.settings.space, channels=step.config, space_options=space_options,
-            cost={"macs": step.macs, "params": step.params, "input_size": space_options.get("input_size")},
+            space=run.settings.space, channels=step.config, space_options=space_options, cost=cost,
             source={"search": str(out), "run": settings.run, "step": step.step,
                     "target": {target.kind: target.value}, "score": step.accuracy}))
         summary["targets"][target.label] = {"config": str(path.relative_to(out)), "step": step.step, "macs": step.macs,
                                             "params": step.params, "accuracy": step.accuracy, "loss": step.loss,
                                             "uniform": result.baselines.get(target.label)}
+        if latency is not None:
+            summary["targets"][target.label]["latency"] = result.measured[target.label]
     result.summary = summary
     write_json(out / "summary.json", summary)
     _plot(out / "pareto.png", result, front, run.space.name)

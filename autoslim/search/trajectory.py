@@ -10,7 +10,7 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Callable, Mapping, Sequence, Union
 
 from ..io import write_text
 from .greedy import Step
@@ -18,17 +18,19 @@ from .greedy import Step
 __all__ = ["TRAJECTORY_COLUMNS", "append_step", "write_trajectory", "read_trajectory", "pareto_front"]
 
 TRAJECTORY_COLUMNS = ("step", "unit", "channels", "macs", "params", "accuracy", "loss", "score", "runner_up", "candidates",
-                      "seconds", "kl")
-_REQUIRED_COLUMNS = tuple(c for c in TRAJECTORY_COLUMNS if c not in ("runner_up", "kl"))  # autoslim 0.x files lack those
+                      "seconds", "kl", "latency_ms")
+# autoslim 0.x files lack runner_up and kl; files of searches before latency lack latency_ms
+_REQUIRED_COLUMNS = tuple(c for c in TRAJECTORY_COLUMNS if c not in ("runner_up", "kl", "latency_ms"))
 
 
-def pareto_front(steps: Sequence[Step]) -> list[Step]:
-    """The points no other point beats on both MACs (lower) and accuracy (higher), by increasing MACs.
+def pareto_front(steps: Sequence[Step], cost: Callable[[Step], float] = lambda s: s.macs) -> list[Step]:
+    """The points no other point beats on both ``cost`` (lower; MACs by default) and accuracy (higher), by
+    increasing cost.
 
-    Of points with the same MACs and accuracy the first is kept.
+    Of points with the same cost and accuracy the first is kept.
     """
     front: list[Step] = []
-    for step in sorted(steps, key=lambda s: (s.macs, -s.accuracy)):
+    for step in sorted(steps, key=lambda s: (cost(s), -s.accuracy)):
         if not front or step.accuracy > front[-1].accuracy:
             front.append(step)
     return front
@@ -74,8 +76,8 @@ def read_trajectory(path: Union[str, os.PathLike], start: Mapping[str, int], *, 
     """Read a trajectory CSV, rebuilding each step's config by replaying the unit changes from ``start``.
 
     A last line without its newline was cut by a killed process and is dropped, even when it parses (a
-    number may have been cut short). A trajectory written before the ``runner_up`` or ``kl`` columns is read with
-    them None (and rewritten with the columns when ``repair`` is set, so that it can be continued).
+    number may have been cut short). A trajectory written before the ``runner_up``, ``kl`` or ``latency_ms`` columns
+    is read with them None (and rewritten with the columns when ``repair`` is set, so that it can be continued).
 
     Args:
         path: the CSV written by :func:`append_step`.
@@ -122,7 +124,7 @@ def _row(step: Step) -> list:
     return [step.step, "" if step.unit is None else step.unit, "" if step.channels is None else step.channels,
             step.macs, step.params, step.accuracy, step.loss, step.score,
             "" if step.runner_up is None else step.runner_up, step.candidates, step.seconds,
-            "" if step.kl is None else step.kl]
+            "" if step.kl is None else step.kl, "" if step.latency_ms is None else step.latency_ms]
 
 
 def _step(fields: list[str], header: Sequence[str], config: Mapping[str, int], path: Path, number: int) -> Step:
@@ -139,7 +141,8 @@ def _step(fields: list[str], header: Sequence[str], config: Mapping[str, int], p
                       loss=float(row["loss"]), score=float(row["score"]), candidates=int(row["candidates"]),
                       seconds=float(row["seconds"]),
                       runner_up=float(row["runner_up"]) if row.get("runner_up") else None,
-                      kl=float(row["kl"]) if row.get("kl") else None)
+                      kl=float(row["kl"]) if row.get("kl") else None,
+                      latency_ms=float(row["latency_ms"]) if row.get("latency_ms") else None)
     except ValueError as error:
         raise ValueError(f"{path}, line {number}: {error}; fix or delete that line") from None
     after = dict(config)

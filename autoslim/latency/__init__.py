@@ -1,0 +1,23 @@
+"""Latency: a budget in milliseconds on the user's device and runtime (AutoSlim's targets beyond MACs).
+
+- :mod:`~autoslim.latency.timing`: ``LatencyKey`` (device, runtime, batch, threads) and the timers that measure
+  layers and whole exported networks like a benchmark (warm-up, median of repeats, pinned threads, CUDA events);
+- :mod:`~autoslim.latency.model`: ``LatencyModel``, a per-layer lookup corrected by a fit on whole networks, and
+  ``build_latency_model``;
+- :mod:`~autoslim.latency.cache`: ``latency_model``, the model cached in ``RUN/latency/`` and measured again when
+  the machine or the architecture changed;
+- :mod:`~autoslim.latency.compare`: ``measure_config`` and ``compare_latency``, a config's measured latency beside
+  the uniform networks.
+"""
+
+from .timing import (DEVICES, RUNTIMES, LatencyKey, TimingSettings, Timer, TorchTimer, OnnxRuntimeTimer, make_timer,
+                     device_description, require_onnxruntime)
+from .model import FORMAT, LayerTable, LatencyModel, build_latency_model, fit_configs, supernet_fingerprint, Progress
+from .cache import LATENCY_DIR, model_path, load_model, stale_reason, CachedModel, latency_model
+from .compare import measure_config, Measured, LatencyComparison, compare_latency
+
+__all__ = ["DEVICES", "RUNTIMES", "LatencyKey", "TimingSettings", "Timer", "TorchTimer", "OnnxRuntimeTimer",
+           "make_timer", "device_description", "require_onnxruntime", "FORMAT", "LayerTable", "LatencyModel",
+           "build_latency_model", "fit_configs", "supernet_fingerprint", "Progress", "LATENCY_DIR", "model_path",
+           "load_model", "stale_reason", "CachedModel", "latency_model", "measure_config", "Measured",
+           "LatencyComparison", "compare_latency"]

@@ -1,0 +1,331 @@
+"""Timing networks and single layers on a device and runtime, as a benchmark does.
+
+A :class:`LatencyKey` names what a latency is measured on: the device (``cpu``, ``cuda``), the runtime (``torch``:
+the TorchScript file ``export-config --model`` writes; ``onnxruntime``: the ONNX file of ``--onnx``), the batch
+size and the CPU threads. A :class:`Timer` measures on it: warm-up runs first, then the median of repeated timings,
+each over enough runs to last at least ``min_block_ms``, with the runtime pinned to ``threads`` threads for the
+duration (``torch.set_num_threads``, restored afterwards; ONNX Runtime's intra-op threads) and CUDA timed with
+events after a synchronisation. :func:`make_timer` gives the timer of a key; tests inject a fake one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DEVICES", "RUNTIMES", "LatencyKey", "TimingSettings", "Timer", "TorchTimer", "OnnxRuntimeTimer",
+           "make_timer", "device_description", "require_onnxruntime"]
+
+DEVICES = ("cpu", "cuda")
+RUNTIMES = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class LatencyKey:
+    """What a latency is measured on: device, runtime, batch size and CPU threads.
+
+    Raises:
+        ValueError: an unknown device or runtime, a batch or thread count below 1, or ONNX Runtime on CUDA.
+    """
+
+    device: str = "cpu"
+    runtime: str = "torch"
+    batch: int = 1
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown latency device {self.device!r}: use one of {', '.join(DEVICES)}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        for name in ("batch", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"latency {name} must be a positive integer, got {value!r}")
+        if self.runtime == "onnxruntime" and self.device != "cpu":
+            raise ValueError("the onnxruntime runtime is timed on the CPU; use --runtime torch for CUDA")
+
+    @property
+    def label(self) -> str:
+        """A file name: ``cpu-torch-b1-t1``."""
+        return f"{self.device}-{self.runtime}-b{self.batch}-t{self.threads}"
+
+    def describe(self) -> str:
+        """``cpu, torch (TorchScript), batch 1, 1 thread``."""
+        runtime = "torch (TorchScript)" if self.runtime == "torch" else "ONNX Runtime"
+        threads = "" if self.device == "cuda" else f", {self.threads} thread{'s' if self.threads > 1 else ''}"
+        return f"{self.device}, {runtime}, batch {self.batch}{threads}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "runtime": self.runtime, "batch": self.batch, "threads": self.threads}
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How a timing is taken: ``warmup`` untimed runs, then the median of ``repeats`` timings, each of as many runs
+    as last ``min_block_ms`` (at least one). ``statistic='min'`` takes the fastest timing instead: on a machine
+    shared with other work it estimates the uncontended latency (the median measures the latency one would see).
+    ``clock='thread'`` measures the CPU time of the calling thread instead of wall time: on one thread it equals the
+    wall time of an idle machine and ignores the time other processes hold the core (a diagnostic for shared
+    machines; the runtimes run single-threaded work in the calling thread)."""
+
+    warmup: int = 5
+    repeats: int = 15
+    min_block_ms: float = 1.0
+    statistic: str = "median"
+    clock: str = "wall"
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 1 or self.min_block_ms < 0:
+            raise ValueError(f"timing needs warmup >= 0, repeats >= 1 and min_block_ms >= 0, got {self}")
+        if self.statistic not in ("median", "min"):
+            raise ValueError(f"unknown timing statistic {self.statistic!r}: use median or min")
+        if self.clock not in ("wall", "thread"):
+            raise ValueError(f"unknown timing clock {self.clock!r}: use wall or thread")
+
+
+class Timer(Protocol):
+    """Measures milliseconds per call on one :class:`LatencyKey`."""
+
+    key: LatencyKey
+
+    def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
+        """Milliseconds of one call of a single plain layer (``nn.Conv2d``, ``nn.Linear``) on an input of ``shape``,
+        less the cost of calling the runtime on that input at all (what a layer inside a network does not pay
+        again)."""
+
+    def network(self, network: nn.Module, shape: tuple[int, ...]) -> float:
+        """Milliseconds of one call of a whole static network, exported as the runtime runs it."""
+
+
+def require_onnxruntime() -> None:
+    """Raises RuntimeError, one line with the install command, unless onnx and onnxruntime are installed."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(f"the onnxruntime runtime needs {', '.join(missing)} (not installed): "
+                           "pip install 'autoslim[onnx]'")
+
+
+def device_description(key: LatencyKey) -> dict[str, Any]:
+    """What identifies the machine a latency was measured on: CPU model, cores, torch (and runtime, GPU) versions.
+
+    A cached latency model whose description differs from the current one is measured again.
+    """
+    described: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
+    if key.runtime == "onnxruntime":
+        import onnxruntime
+
+        described["onnxruntime"] = onnxruntime.__version__
+    if key.device == "cuda":
+        described["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        described["cuda"] = torch.version.cuda
+    return described
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_timer(key: LatencyKey, settings: TimingSettings = TimingSettings()) -> Timer:
+    """The timer of ``key``.
+
+    Raises:
+        ValueError: CUDA asked for where there is none.
+        RuntimeError: the onnxruntime runtime without its packages.
+    """
+    if key.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("latency device 'cuda': CUDA is not available here; measure on the cpu device")
+    if key.runtime == "onnxruntime":
+        require_onnxruntime()
+        return OnnxRuntimeTimer(key, settings)
+    return TorchTimer(key, settings)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Pin torch's intra-op threads for a measurement, restoring the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _median_ms(run: Callable[[], Any], settings: TimingSettings, clock: Callable[[Callable[[], Any], int], float]
+               ) -> float:
+    """Warm up, size a block of runs to last ``min_block_ms``, return the median (or least) time per run in ms.
+
+    ``clock(run, number)`` returns the seconds ``number`` runs take.
+    """
+    for _ in range(settings.warmup):
+        run()
+    single_ms = clock(run, 1) * 1e3
+    number = 1 if single_ms >= settings.min_block_ms else math.ceil(settings.min_block_ms / max(single_ms, 1e-6))
+    times = [clock(run, number) / number for _ in range(settings.repeats)]
+    return (min(times) if settings.statistic == "min" else statistics.median(times)) * 1e3
+
+
+def _wall_clock(run: Callable[[], Any], number: int) -> float:
+    began = time.perf_counter()
+    for _ in range(number):
+        run()
+    return time.perf_counter() - began
+
+
+def _thread_clock(run: Callable[[], Any], number: int) -> float:
+    began = time.thread_time()
+    for _ in range(number):
+        run()
+    return time.thread_time() - began
+
+
+def _cuda_clock(run: Callable[[], Any], number: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(number):
+        run()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _cpu_clock(settings: TimingSettings) -> Callable[[Callable[[], Any], int], float]:
+    return _thread_clock if settings.clock == "thread" else _wall_clock
+
+
+def _check_clock(key: LatencyKey, settings: TimingSettings) -> None:
+    if settings.clock == "thread" and (key.threads != 1 or key.device != "cpu"):
+        raise ValueError("the thread clock measures one CPU thread: use it with threads 1 on the cpu device")
+
+
+class TorchTimer:
+    """Times with torch: layers eagerly, whole networks as the TorchScript file ``export-config --model`` writes
+    (traced, saved and loaded back), under ``torch.inference_mode``; on CUDA with events."""
+
+    def __init__(self, key: LatencyKey, settings: TimingSettings = TimingSettings()) -> None:
+        if key.runtime != "torch":
+            raise ValueError(f"TorchTimer times the torch runtime, not {key.runtime!r}")
+        self.key, self.settings = key, settings
+        self.device = torch.device(key.device)
+        _check_clock(key, settings)
+        self._clock = _cuda_clock if self.device.type == "cuda" else _cpu_clock(settings)
+        self._empty: dict[tuple[int, ...], float] = {}
+
+    def _time(self, module: Callable[[Tensor], Any], x: Tensor) -> float:
+        with _torch_threads(self.key.threads), torch.inference_mode():
+            return _median_ms(lambda: module(x), self.settings, self._clock)
+
+    def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
+        layer = layer.to(self.device).eval()
+        x = torch.randn(shape, device=self.device)
+        if shape not in self._empty:  # a module call that does nothing: the overhead of calling one
+            self._empty[shape] = self._time(nn.Identity(), x)
+        return max(0.0, self._time(layer, x) - self._empty[shape])
+
+    def network(self, network: nn.Module, shape: tuple[int, ...]) -> float:
+        from ..export import torchscript_bytes
+
+        network = network.to(self.device).eval()
+        x = torch.randn(shape, device=self.device)
+        with _torch_threads(self.key.threads), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            module = torch.jit.load(io.BytesIO(torchscript_bytes(network, x)), map_location=self.device)
+        return self._time(module, x)
+
+
+class OnnxRuntimeTimer:
+    """Times with ONNX Runtime on the CPU: whole networks as the ONNX file ``export-config --onnx`` writes, single
+    layers as one-node ONNX graphs, each in a session with ``threads`` intra-op threads and the default graph
+    optimisations."""
+
+    def __init__(self, key: LatencyKey, settings: TimingSettings = TimingSettings()) -> None:
+        if key.runtime != "onnxruntime":
+            raise ValueError(f"OnnxRuntimeTimer times the onnxruntime runtime, not {key.runtime!r}")
+        require_onnxruntime()
+        _check_clock(key, settings)
+        self.key, self.settings = key, settings
+        self._empty: dict[tuple[int, ...], float] = {}
+
+    def _time(self, model: bytes, shape: tuple[int, ...]) -> float:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.key.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        feed = {name: torch.randn(shape).numpy()}
+        return _median_ms(lambda: session.run(None, feed), self.settings, _cpu_clock(self.settings))
+
+    def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
+        if shape not in self._empty:  # a session that only copies its input: the overhead of a run
+            self._empty[shape] = self._time(_one_node_onnx(nn.Identity(), shape), shape)
+        return max(0.0, self._time(_one_node_onnx(layer, shape), shape) - self._empty[shape])
+
+    def network(self, network: nn.Module, shape: tuple[int, ...]) -> float:
+        from ..export import onnx_bytes
+
+        network = network.cpu().eval()
+        with _torch_threads(self.key.threads):
+            model = onnx_bytes(network, torch.randn(shape))
+        return self._time(model, shape)
+
+
+def _one_node_onnx(layer: nn.Module, shape: tuple[int, ...]) -> bytes:
+    """A one-node ONNX graph (Conv, MatMul + Add, or Identity) computing ``layer`` on a fixed input ``shape``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = []
+    if isinstance(layer, nn.Identity):
+        nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    elif isinstance(layer, nn.Conv2d):
+        weight = layer.weight.detach().cpu()
+        if isinstance(layer.padding, str):  # "same" (stride 1: the extra pixel on the right, as SAME_UPPER) or "valid"
+            padding = {"auto_pad": "SAME_UPPER" if layer.padding == "same" else "VALID"}
+        else:
+            padding = {"pads": [layer.padding[0], layer.padding[1], layer.padding[0], layer.padding[1]]}
+        initializers.append(numpy_helper.from_array(weight.numpy(), "W"))
+        inputs = ["x", "W"]
+        if layer.bias is not None:
+            initializers.append(numpy_helper.from_array(layer.bias.detach().cpu().numpy(), "B"))
+            inputs.append("B")
+        nodes = [helper.make_node("Conv", inputs, ["y"], kernel_shape=list(layer.kernel_size),
+                                  strides=list(layer.stride), dilations=list(layer.dilation), group=layer.groups,
+                                  **padding)]
+    elif isinstance(layer, nn.Linear):
+        initializers.append(numpy_helper.from_array(layer.weight.detach().cpu().t().contiguous().numpy(), "W"))
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["y" if layer.bias is None else "xw"])]
+        if layer.bias is not None:
+            initializers.append(numpy_helper.from_array(layer.bias.detach().cpu().numpy(), "B"))
+            nodes.append(helper.make_node("Add", ["xw", "B"], ["y"]))
+    else:
+        raise ValueError(f"no one-node ONNX graph for {type(layer).__name__}")
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+

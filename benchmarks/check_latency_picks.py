@@ -1,0 +1,104 @@
+"""Held-out check of a latency search: time every ``configs/latency-*.yaml`` pick in a fresh process.
+
+For each latency pick of SEARCH the script writes the pick's static network as the runtime of the search runs it
+(TorchScript for ``torch``, ONNX for ``onnxruntime``), then times it in a new Python process that imports neither
+autoslim nor the search (batch and threads of the search, warm-up, median of repeats), and prints the budget, the
+predicted latency and the one measured at the end of the search beside the fresh measurement, and whether it is
+within 15% of the budget.
+
+    python benchmarks/check_latency_picks.py SEARCH [--repeats 200]
+
+Figures, not a test (``tests/test_cli_latency.py`` has a tolerant slow test of the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import torch
+
+from autoslim.channel_config import load_config
+from autoslim.checkpoint import load_run
+from autoslim.export import onnx_bytes, search_run_dir, torchscript_bytes
+from autoslim.network.static import materialize
+
+_TIMER = textwrap.dedent("""
+    import statistics, sys, time, warnings
+    warnings.simplefilter("ignore")
+    path, runtime, shape, threads, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    shape = [int(v) for v in shape.split(",")]
+    if runtime == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        model = torch.jit.load(path).eval()
+        x = torch.randn(*shape)
+        def run():
+            with torch.inference_mode():
+                model(x)
+    else:
+        import numpy, onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: numpy.random.randn(*shape).astype("float32")}
+        def run():
+            session.run(None, feed)
+    for _ in range(20):
+        run()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    print(statistics.median(times) * 1e3)
+""")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("search", help="a SEARCH directory made with --latency")
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    search = Path(args.search)
+    summary = json.loads((search / "summary.json").read_text())
+    latency = summary.get("latency")
+    if latency is None:
+        sys.exit(f"{search} is not a latency search (its summary.json has no latency model)")
+    if latency["device"] != "cpu":
+        sys.exit("this check times CPU runtimes; time CUDA picks with your serving stack")
+    run = load_run(search_run_dir(search))
+    supernet = run.supernet
+    shape = (latency["batch"], supernet.in_channels, supernet.input_size, supernet.input_size)
+    print(f"{search}: {latency['described']} on {latency['description'].get('cpu')}; fresh processes, median of "
+          f"{args.repeats}")
+    print("| pick | budget | predicted | measured in search | measured fresh | fresh / budget | within 15% |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for path in sorted((search / "configs").glob("latency-*.yaml")):
+            config = load_config(path)
+            budget = float(config.source["target"]["latency"])
+            static = materialize(supernet, supernet.validate_config(config.channels)).eval()
+            example = torch.randn(shape)
+            if latency["runtime"] == "torch":
+                file, data = Path(scratch) / f"{path.stem}.pt", torchscript_bytes(static, example)
+            else:
+                file, data = Path(scratch) / f"{path.stem}.onnx", onnx_bytes(static, example)
+            file.write_bytes(data)
+            timed = subprocess.run([sys.executable, "-c", _TIMER, str(file), latency["runtime"],
+                                    ",".join(map(str, shape)), str(latency["threads"]), str(args.repeats)],
+                                   capture_output=True, text=True, check=True)
+            fresh = float(timed.stdout.strip().splitlines()[-1])
+            recorded = config.cost.get("latency", {})
+            print(f"| {path.stem} | {budget:.3f} ms | {recorded.get('predicted_ms', float('nan')):.3f} ms | "
+                  f"{recorded.get('measured_ms', float('nan')):.3f} ms | {fresh:.3f} ms | {fresh / budget:.2f} | "
+                  f"{'yes' if fresh <= 1.15 * budget else 'no'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""``autoslim latency``: measure (or show) the latency model of a supernet run on a device and runtime."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["latency", "print_comparison"]
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--runtime", default="torch", show_default=True,
+              help="torch (the TorchScript file export-config --model writes) or onnxruntime (its --onnx file; "
+                   "pip install 'autoslim[onnx]').")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size of every timing.")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads the runtime may use.")
+@click.option("--networks", type=click.IntRange(min=3), default=24, show_default=True,
+              help="Whole networks timed to fit the model.")
+@click.option("--rebuild", is_flag=True, help="Measure again even if RUN/latency/ holds a model of this machine.")
+def latency(run_dir, device, runtime, batch, threads, networks, rebuild) -> None:
+    """Measure the latency model of the supernet trained in RUN, and cache it in RUN/latency/.
+
+    Every conv and linear call is timed alone at each channel count it can take, then whole static networks,
+    exported as the runtime runs them, are timed to fit the model (warm-up, median of repeats, pinned threads).
+    `autoslim search RUN --latency 3ms` uses the cached model (and measures one if there is none). A model
+    measured on another CPU, GPU or torch/runtime version is measured again.
+    """
+    from autoslim.budget import format_ms
+    from autoslim.checkpoint import load_run
+    from autoslim.latency import LatencyKey, latency_model
+    from cli.console import console, progress, table
+
+    key = LatencyKey(device, runtime, batch, threads)
+    run = load_run(run_dir, device="cpu")
+    bar = progress()
+    state = {}
+
+    def on_progress(done, total, what):
+        if "task" not in state:
+            console.print(f"measuring the latency model of {run_dir} on {key.describe()}")
+            bar.start()
+            state["task"] = bar.add_task("latency model", total=total, info="")
+        bar.update(state["task"], completed=done, info=what)
+
+    try:
+        found = latency_model(run.path, run.supernet, key, networks=networks, rebuild=rebuild, on_progress=on_progress)
+    finally:
+        bar.stop()
+    model = found.model
+    errors = sorted(abs(e) for e in model.fit_errors())
+    coefficients = model.coefficients
+    outliers = sum(bool(n.get("outlier")) for n in model.networks)
+    left_out = f" ({outliers} left out as interrupted timings)" if outliers else ""
+    console.print(f"{found.path}: {found.status}; {key.describe()} on {model.description.get('cpu')} "
+                  f"(torch {model.description.get('torch')}), measured {model.created} in {model.seconds:.0f} s")
+    console.print(f"{len(model.layers)} layer calls looked up, {len(model.networks)} whole networks fitted: latency = "
+                  f"{coefficients['lookup']:.3g} x lookup + {coefficients['activations']:.3g} ms per million "
+                  f"activations + {coefficients['macs']:.3g} ms per million MACs + {coefficients['intercept']:.3g} ms; "
+                  f"median |error| on the fitted networks "
+                  f"{100 * errors[len(errors) // 2]:.1f}%, largest {100 * errors[-1]:.1f}%{left_out}")
+    rows = [[name, format_ms(n["measured_ms"]), format_ms(n["predicted_ms"]),
+             f"{100 * (n['predicted_ms'] / n['measured_ms'] - 1):+.1f}%"]
+            for name, n in zip(("largest", "smallest"), model.networks)]
+    console.print(table("the extremes of the fit", ["config", "measured", "predicted", "error"], rows,
+                        justify_right={"measured", "predicted", "error"}))
+    console.print("check it on networks it has not seen: python benchmarks/bench_latency.py --run " + str(run_dir))
+
+
+def print_comparison(comparison, title: str) -> None:
+    """A measured latency beside the uniform networks and the full network, and a one-line warning when the
+    searched network is not faster than the uniform network of equal MACs."""
+    from autoslim.budget import format_count, format_ms
+    from cli.console import console, error_console, table
+
+    rows = [[m.name, format_count(m.macs), format_count(m.params), format_ms(m.measured_ms),
+             f"{m.measured_ms / comparison.full.measured_ms:.2f}x"] for m in comparison.rows()]
+    console.print(table(title, ["network", "MACs", "params", "measured", "of full"], rows,
+                        justify_right={"MACs", "params", "measured", "of full"}))
+    if comparison.warning:
+        error_console.print(f"[bold yellow]warning:[/] {comparison.warning}", soft_wrap=True)
