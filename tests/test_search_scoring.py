@@ -77,7 +77,15 @@ def test_reuse_and_plain_give_identical_trajectories(make):
     plain, plain_scorer = _trajectory(supernet, images, labels, reuse=False)
     reused, reuse_scorer = _trajectory(supernet, images, labels, reuse=True)
     uncached, _ = _trajectory(supernet, images, labels, reuse=True, cache_bytes=0)
-    assert plain == reused == uncached
+    # the same choices and accuracies; losses bit-identical except where LayerNorm normalises a sliced activation,
+    # whose sums may run in another order (about 1e-7 apart)
+    fields = [[(s.step, s.unit, s.channels, s.macs, s.params, s.accuracy, s.config) for s in t]
+              for t in (plain, reused, uncached)]
+    assert fields[0] == fields[1] == fields[2]
+    for a, b, c in zip(plain, reused, uncached):
+        assert b.loss == pytest.approx(a.loss, rel=1e-5, abs=1e-7) and c.loss == pytest.approx(a.loss, rel=1e-5, abs=1e-7)
+    if not any(isinstance(m, torch.nn.LayerNorm) for m in supernet.modules()):
+        assert plain == reused == uncached
     assert plain[-1].config == supernet.smallest_config()
     assert reuse_scorer.macs_executed < plain_scorer.macs_executed
 
