@@ -294,6 +294,21 @@ def uniform_within(supernet: Supernet, *, macs: Optional[int] = None, params: Op
     return widest_uniform(supernet, fits, resolution=resolution)
 
 
+def last_accepted(accepted: Callable[[int], bool], steps: int) -> Optional[int]:
+    """The largest ``i`` in 1..``steps`` that ``accepted`` takes, by bisection, when it takes every ``i`` below one it
+    takes (a cost that grows with the width); None when it does not take 1."""
+    if not accepted(1):
+        return None
+    low, high = 1, steps  # invariant: low is accepted; nothing above high is
+    while low < high:
+        middle = (low + high + 1) // 2
+        if accepted(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def widest_uniform(supernet: Supernet, fits: Callable[[dict[str, int]], bool], *,
                    resolution: float = 0.01) -> Optional[tuple[float, dict[str, int]]]:
     """The widest uniform-width config that ``fits`` accepts, on a grid of ``resolution`` (None if none does).
@@ -303,18 +318,9 @@ def widest_uniform(supernet: Supernet, fits: Callable[[dict[str, int]], bool], *
     """
     steps = int(round(supernet.width_mult / resolution))
 
-    def accepted(i: int) -> bool:
-        return fits(supernet.uniform_config(i * resolution))
-
-    if not accepted(1):
+    low = last_accepted(lambda i: fits(supernet.uniform_config(i * resolution)), steps)
+    if low is None:
         return None
-    low, high = 1, steps  # invariant: low fits; nothing above high does
-    while low < high:
-        middle = (low + high + 1) // 2
-        if accepted(middle):
-            low = middle
-        else:
-            high = middle - 1
     width = round(low * resolution, 6)
     return width, supernet.uniform_config(width)
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from .static import materialize
-from .supernet import Supernet, convert
+from .supernet import Supernet, convert, last_accepted
 
 __all__ = ["widths_of", "narrow", "fitting_width", "check_keys", "load_weights"]
 
@@ -98,15 +98,9 @@ def fitting_width(supernet: Supernet, widths: Mapping[str, int], *, resolution: 
     def fits(i: int) -> bool:
         return all(count <= widths[name] for name, count in family(i * resolution).items())
 
-    if not fits(1):
+    low = last_accepted(fits, steps)  # counts grow with the width
+    if low is None:
         return None
-    low, high = 1, steps  # invariant: low fits; nothing above high does (counts grow with the width)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
     widest = family(low * resolution)
     for block in (100, 50, 25, 10, 5):  # in grid steps: 1.0, 0.5, 0.25, 0.1, 0.05 at the default resolution
         candidate = low // block * block
