@@ -7,6 +7,8 @@ import os
 
 import click
 
+from cli.running import latency_options
+
 __all__ = ["cost"]
 
 
@@ -24,10 +26,7 @@ __all__ = ["cost"]
 @click.option("--latency", "measure_latency", is_flag=True,
               help="Also measure the network's latency as a whole, beside the widest uniform network within the same "
                    "latency, the uniform network of equal MACs and the full network.")
-@click.option("--latency-device", default="cpu", show_default=True, help="Device of --latency: cpu or cuda.")
-@click.option("--runtime", default="torch", show_default=True, help="Runtime of --latency: torch or onnxruntime.")
-@click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size of --latency.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of --latency.")
+@latency_options
 def cost(space_name: str, width: float | None, config_path: str | None, input_size: int | None,
          width_mult: float | None, num_classes: int | None, as_json: bool, save_config: str | None,
          force: bool, measure_latency: bool, latency_device: str, runtime: str, latency_batch: int,

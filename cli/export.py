@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cli.running import latency_options
+
 __all__ = ["export_config"]
 
 
@@ -14,10 +16,7 @@ __all__ = ["export_config"]
 @click.option("--latency", metavar="TIME",
               help="Latency target (3ms, 800us): the first trajectory point the run's latency model predicts within "
                    "it; the config is then measured beside the uniform networks.")
-@click.option("--latency-device", default="cpu", show_default=True, help="Device of --latency: cpu or cuda.")
-@click.option("--runtime", default="torch", show_default=True, help="Runtime of --latency: torch or onnxruntime.")
-@click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size of --latency.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of --latency.")
+@latency_options
 @click.option("--step", type=click.IntRange(min=0), help="A trajectory step instead of a target (0 = largest).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Config file to write [default: SEARCH/configs/LABEL.yaml].")

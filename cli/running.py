@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 
 import click
 
-__all__ = ["keep_memory_on_cpu", "train_with_progress", "finish_run", "cost_row"]
+__all__ = ["keep_memory_on_cpu", "train_with_progress", "finish_run", "cost_row", "latency_options"]
 
 
 def keep_memory_on_cpu(device: str) -> None:
@@ -81,3 +81,16 @@ def cost_row(name: str, macs: int, params: int, accuracy: float | None, loss: fl
     from autoslim.budget import format_count
 
     return [name, format_count(macs), format_count(params), *("-" if v is None else f"{v:.4f}" for v in (accuracy, loss))]
+
+
+def latency_options(command):
+    """The options that say where ``--latency`` is measured: device, runtime, batch size and threads."""
+    for option in reversed([
+        click.option("--latency-device", default="cpu", show_default=True, help="Device of --latency: cpu or cuda."),
+        click.option("--runtime", default="torch", show_default=True,
+                     help="Runtime of --latency: torch or onnxruntime."),
+        click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size of --latency."),
+        click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of --latency."),
+    ]):
+        command = option(command)
+    return command
