@@ -127,9 +127,9 @@ def test_a_target_the_search_was_not_given_takes_the_first_point_meeting_it(sear
     (["--flops", "1M", "--onnx", "m.onnx"], "pip install 'autoslim[onnx]'"),
 ])
 def test_bad_requests_are_one_line(search_dir, tmp_path, monkeypatch, args, message):
-    import autoslim.export
+    import autoslim.export.formats
 
-    monkeypatch.setattr(autoslim.export, "ONNX_PACKAGES", ("onnx", "autoslim_test_no_such_package"))
+    monkeypatch.setattr(autoslim.export.formats, "ONNX_PACKAGES", ("onnx", "autoslim_test_no_such_package"))
     monkeypatch.chdir(tmp_path)
     result = _export(search_dir, *args, "--out", tmp_path / "c.yaml")
     assert result.exit_code == 1 and message in result.output, result.output

@@ -13,7 +13,7 @@ from autoslim.budget import format_ms, parse_latency
 from autoslim.latency import (LatencyKey, LatencyModel, LayerTable, Measured, LatencyComparison, TimingSettings,
                               build_latency_model, compare_latency, fit_configs, latency_model, load_model,
                               measure_config, model_path)
-from autoslim.latency.model import _fit
+from autoslim.latency.build import _fit
 from autoslim.search.greedy import Score, Step, greedy_search
 from autoslim.search.targets import Target, check_targets, parse_targets, pick, stop_limits
 from autoslim.spaces import build_supernet, load_space

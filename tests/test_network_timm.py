@@ -97,7 +97,6 @@ def test_timm_family_converts(family, name, share):
 
 
 def test_timm_convnext_slices_its_norms_and_layer_scale_and_sorts_exactly():
-    from autoslim.network.ordering import sort_channels
     from test_network_ordering import _assert_same_function
 
     supernet = convert(timm.create_model("convnext_atto", pretrained=False, num_classes=10), input_size=32)

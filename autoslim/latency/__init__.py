@@ -2,8 +2,9 @@
 
 - :mod:`~autoslim.latency.timing`: ``LatencyKey`` (device, runtime, batch, threads) and the timers that measure
   layers and whole exported networks like a benchmark (warm-up, median of repeats, pinned threads, CUDA events);
-- :mod:`~autoslim.latency.model`: ``LatencyModel``, a per-layer lookup corrected by a fit on whole networks, and
-  ``build_latency_model``;
+- :mod:`~autoslim.latency.model`: ``LatencyModel``, a per-layer lookup corrected by a fit on whole networks, and its
+  predictor of milliseconds per config;
+- :mod:`~autoslim.latency.build`: ``build_latency_model``, which times the layers and the whole networks and fits it;
 - :mod:`~autoslim.latency.cache`: ``latency_model``, the model cached in ``RUN/latency/`` and measured again when
   the machine or the architecture changed;
 - :mod:`~autoslim.latency.compare`: ``measure_config`` and ``compare_latency``, a config's measured latency beside
@@ -12,7 +13,8 @@
 
 from .timing import (DEVICES, RUNTIMES, LatencyKey, TimingSettings, Timer, TorchTimer, OnnxRuntimeTimer, make_timer,
                      device_description, require_onnxruntime)
-from .model import FORMAT, LayerTable, LatencyModel, build_latency_model, fit_configs, supernet_fingerprint, Progress
+from .model import FORMAT, LayerTable, LatencyModel, supernet_fingerprint, Progress
+from .build import build_latency_model, fit_configs
 from .cache import LATENCY_DIR, model_path, load_model, stale_reason, CachedModel, latency_model
 from .compare import measure_config, Measured, LatencyComparison, compare_latency
 

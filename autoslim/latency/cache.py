@@ -16,7 +16,8 @@ from typing import Optional
 
 from ..io import write_json
 from ..network.supernet import Supernet
-from .model import LatencyModel, Progress, build_latency_model, supernet_fingerprint
+from .build import build_latency_model
+from .model import LatencyModel, Progress, supernet_fingerprint
 from .timing import LatencyKey, Timer, device_description, make_timer
 
 __all__ = ["LATENCY_DIR", "model_path", "load_model", "stale_reason", "CachedModel", "latency_model"]

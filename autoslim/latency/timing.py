@@ -295,7 +295,6 @@ class OnnxRuntimeTimer:
 
 def _one_node_onnx(layer: nn.Module, shape: tuple[int, ...]) -> bytes:
     """A one-node ONNX graph (Conv, MatMul + Add, or Identity) computing ``layer`` on a fixed input ``shape``."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     initializers = []

@@ -1,213 +1,32 @@
-"""Exports: a searched config and its standalone network, written as files.
+"""A SEARCH's configs exported: the config file and, on request, the standalone network.
 
 ``autoslim export-config`` (:func:`export_search`) reopens a SEARCH, takes the config of a target (the
 first trajectory point meeting it, AutoSlim section 3.3) or of a step, writes it as a config file and,
-on request, the standalone network (:func:`autoslim.network.static.materialize`) as TorchScript, a ``torch.export``
-program or ONNX, each checked to reproduce the supernet at that config before it is written.
+on request, the standalone network (:func:`autoslim.network.static.materialize`) in one of the formats of
+:mod:`autoslim.export.formats`, each checked to reproduce the supernet at that config before it is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
-import io
-import json
 import os
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .channel_config import ChannelConfig, load_config, save_config
-from .checkpoint import CHECKPOINT_NAME, Run, load_run
-from .io import atomic_write, read_yaml
-from .network.static import materialize
-from .search.targets import Target, pick
-from .search.trajectory import read_trajectory
-from .training.calibrate import recalibrate
+from ..channel_config import ChannelConfig, load_config, save_config
+from ..checkpoint import CHECKPOINT_NAME, Run, load_run
+from ..io import read_yaml
+from ..network.static import materialize
+from ..search.targets import Target, pick
+from ..search.trajectory import read_trajectory
+from ..training.calibrate import recalibrate
+from .formats import ExportCheck, export_onnx, export_program, export_torchscript, require_onnx
 
-__all__ = ["ExportCheck", "export_torchscript", "export_program", "export_onnx", "torchscript_bytes", "onnx_bytes",
-           "require_onnx", "ONNX_PACKAGES",
-           "search_run_dir", "search_config", "calibrated_static", "ExportResult", "export_search"]
-
-
-# Of the largest output magnitude. Other float32 kernels (TorchScript, ONNX Runtime) differ by ~1e-6 of it; a
-# wrong weight, channel or BatchNorm statistic by orders of magnitude more.
-_TOLERANCE = 1e-4
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class ExportCheck:
-    """How an exported file was checked against the supernet.
-
-    Attributes:
-        path: the file written.
-        format: ``torchscript``, ``torch.export`` or ``onnx``.
-        images: images of the check batch (the file was also run on a batch of one).
-        max_abs_diff: the largest absolute difference between its outputs and the supernet's.
-    """
-
-    path: Path
-    format: str
-    images: int
-    max_abs_diff: float
-
-
-def _compare(outputs: Any, reference: Any, what: str) -> float:
-    """The largest absolute difference over every output tensor (a network may return a list, tuple or dict of
-    them: a feature pyramid, a segmentation head with its auxiliary output); raises if it exceeds ``_TOLERANCE`` of
-    the largest output magnitude."""
-    from torch.utils._pytree import tree_leaves
-
-    outputs, reference = tree_leaves(outputs), tree_leaves(reference)
-    if len(outputs) != len(reference):
-        raise RuntimeError(f"{what} gives {len(outputs)} outputs, the supernet {len(reference)}; nothing was written")
-    return max((_compare_tensor(o, r, what) for o, r in zip(outputs, reference)), default=0.0)
-
-
-def _compare_tensor(outputs: Tensor, reference: Tensor, what: str) -> float:
-    outputs, reference = torch.as_tensor(outputs).float(), reference.detach().float()
-    if outputs.shape != reference.shape:
-        raise RuntimeError(f"{what} gives outputs of shape {tuple(outputs.shape)}, the supernet "
-                           f"{tuple(reference.shape)}; nothing was written")
-    if not reference.numel():
-        return 0.0
-    worst = float((outputs - reference).abs().max())
-    allowed = _TOLERANCE * max(1.0, float(reference.abs().max()))
-    if not worst <= allowed:  # also false for NaN
-        raise RuntimeError(f"{what} does not reproduce the supernet: outputs differ by up to {worst:.3g} "
-                           f"(allowed {allowed:.3g}); nothing was written")
-    return worst
-
-
-def _check_runs(run: Callable[[Tensor], Any], images: Tensor, reference: Any, what: str) -> float:
-    """Compare ``run`` with the reference on the whole batch and on its first image alone (a batch of one)."""
-    from torch.utils._pytree import tree_map
-
-    with torch.no_grad():
-        worst = _compare(run(images), reference, what)
-        first = tree_map(lambda t: t[:1] if isinstance(t, Tensor) else t, reference)
-        return max(worst, _compare(run(images[:1]), first, f"{what} (batch of one)"))
-
-
-def export_torchscript(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
-                       metadata: Mapping[str, Any] | None = None) -> ExportCheck:
-    """Trace ``model`` to TorchScript, check the file reproduces ``reference`` on ``images``, then write it.
-
-    The file loads with ``torch.jit.load`` alone (no autoslim, no model code) and takes any batch size.
-    ``metadata`` is stored as the extra file ``autoslim.json``.
-
-    Raises:
-        RuntimeError: the traced model's outputs differ from ``reference`` (nothing is written).
-    """
-    buffer = torchscript_bytes(model, images, metadata=metadata)
-    loaded = torch.jit.load(io.BytesIO(buffer), map_location="cpu")
-    worst = _check_runs(loaded, images, reference, f"the TorchScript model {path}")
-    atomic_write(path, lambda stream: stream.write(buffer))
-    return ExportCheck(Path(path), "torchscript", len(images), worst)
-
-
-def torchscript_bytes(model: nn.Module, images: Tensor, *, metadata: Mapping[str, Any] | None = None) -> bytes:
-    """``model`` (in eval mode) traced on ``images`` to TorchScript, as the file :func:`export_torchscript` writes."""
-    model = model.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
-        traced = torch.jit.trace(model, images, check_trace=False, strict=False)  # strict=False: dict outputs
-        torch.jit.save(traced, buffer, _extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
-    return buffer.getvalue()
-
-
-def export_program(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
-                   metadata: Mapping[str, Any] | None = None) -> ExportCheck:
-    """Export ``model`` with ``torch.export`` (dynamic batch), check it reproduces ``reference``, then write it.
-
-    The file loads with ``torch.export.load(path).module()`` alone. ``metadata`` is stored as the extra file
-    ``autoslim.json``.
-
-    Raises:
-        RuntimeError: the exported program's outputs differ from ``reference`` (nothing is written).
-    """
-    model = model.eval()
-    program = torch.export.export(model, (images,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={"autoslim.json": json.dumps(dict(metadata or {}))})
-    buffer.seek(0)
-    loaded = torch.export.load(buffer).module()
-    worst = _check_runs(loaded, images, reference, f"the exported program {path}")
-    atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
-    return ExportCheck(Path(path), "torch.export", len(images), worst)
-
-
-def require_onnx() -> None:
-    """Check the packages of the ``onnx`` extra are installed.
-
-    Raises:
-        RuntimeError: one line naming the missing packages and the install command.
-    """
-    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise RuntimeError(f"ONNX export needs {', '.join(missing)} (not installed): "
-                           "pip install 'autoslim[onnx]'")
-
-
-def export_onnx(model: nn.Module, images: Tensor, reference: Tensor, path: str | os.PathLike, *,
-                metadata: Mapping[str, Any] | None = None) -> ExportCheck:
-    """Export ``model`` to ONNX (dynamic batch), check it with onnxruntime against ``reference``, then write it.
-
-    Needs the ``onnx`` extra (onnx, onnxscript, onnxruntime). ``metadata`` becomes the model's
-    ``autoslim`` metadata property (JSON).
-
-    Raises:
-        RuntimeError: a package is missing, or the ONNX model's outputs differ from ``reference`` (nothing
-            is written).
-    """
-    require_onnx()
-    import onnxruntime
-
-    with tempfile.TemporaryDirectory(prefix="autoslim-onnx-") as folder:
-        temporary = os.path.join(folder, "model.onnx")
-        _onnx_program(model, images, metadata).save(temporary)
-        session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run(batch: Tensor) -> list[Tensor]:
-            return [torch.from_numpy(out) for out in session.run(None, {name: batch.cpu().numpy()})]
-
-        worst = _check_runs(run, images, reference, f"the ONNX model {path}")
-        with open(temporary, "rb") as source:
-            atomic_write(path, lambda stream: shutil.copyfileobj(source, stream))
-    return ExportCheck(Path(path), "onnx", len(images), worst)
-
-
-def onnx_bytes(model: nn.Module, images: Tensor, *, metadata: Mapping[str, Any] | None = None) -> bytes:
-    """``model`` (in eval mode) exported to ONNX with a dynamic batch, as the file :func:`export_onnx` writes.
-
-    Raises:
-        RuntimeError: the packages of the ``onnx`` extra are missing.
-    """
-    require_onnx()
-    return _onnx_program(model, images, metadata).model_proto.SerializeToString()
-
-
-def _onnx_program(model: nn.Module, images: Tensor, metadata: Mapping[str, Any] | None):
-    model = model.eval()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
-        program = torch.onnx.export(model, (images,), input_names=["images"], output_names=["logits"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
-    program.model.metadata_props["autoslim"] = json.dumps(dict(metadata or {}))
-    return program
-
-
-# -- a SEARCH's configs, exported -----------------------------------------------------------------
+__all__ = ["search_run_dir", "search_config", "calibrated_static", "ExportResult", "export_search"]
 
 
 def search_run_dir(search_dir: str | os.PathLike) -> Path:
@@ -288,7 +107,7 @@ def calibrated_static(run: Run, config: Mapping[str, int], data: Any) -> nn.Modu
     batches of ``eval_batch_size`` images, the same seed), so the result is reproducible. The supernet is
     left at ``config`` with those statistics, in eval mode.
     """
-    from .training.sandwich import derive_seed
+    from ..training.sandwich import derive_seed
 
     settings, supernet = run.settings, run.supernet
     supernet.set_config(supernet.validate_config(config))
@@ -368,7 +187,7 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
     run = load_run(search_run_dir(search), device="cpu")
     predict = timer = found = None
     if target is not None and target.kind == "latency":
-        from .latency import LatencyKey, latency_model, make_timer
+        from ..latency import LatencyKey, latency_model, make_timer
 
         latency_key = latency_key if latency_key is not None else LatencyKey()
         timer = latency_timer if latency_timer is not None else make_timer(latency_key)
@@ -384,7 +203,7 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
         raise ValueError("the config, --model and --onnx files must be different files")
     result = ExportResult(label, config, config_path)
     if predict is not None:
-        from .latency import compare_latency
+        from ..latency import compare_latency
 
         result.latency = compare_latency(run.supernet, config.channels, timer, budget_ms=target.value, predict=predict)
         result.latency_model = {"path": str(found.path), "status": found.status, "described": latency_key.describe()}
@@ -425,7 +244,7 @@ def _same_config(path: Path, config: ChannelConfig) -> bool:
 
 def _metadata(config: ChannelConfig, data: Any) -> dict[str, Any]:
     """What a deployed model needs to know: its config and cost, and how to prepare its input."""
-    from . import __version__
+    from .. import __version__
 
     return {"format": "autoslim-model/1", "autoslim": __version__, **config.to_dict(),
             "input": {"shape": [data.in_channels, data.image_size, data.image_size], "dtype": "float32",
