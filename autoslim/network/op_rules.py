@@ -1,8 +1,10 @@
 """The op rules of channel tracing: how each module, function and method maps its inputs' layouts to its output's.
 
 Conv and linear layers start units; BatchNorm, elementwise ops and pooling carry their input's layout; residual
-additions tie units; concatenations concatenate layouts; flatten and permute move or scale them; anything else
-freezes the units it touches, with the reason (see :mod:`autoslim.network.tracing`).
+additions tie units; concatenations concatenate layouts; flatten and permute move or scale them; a per-channel
+vector moved into another dim keeps its units only through a conv along the channels and a move back (see
+:mod:`autoslim.network.moved_channels`); anything else freezes the units it touches, with the reason (see
+:mod:`autoslim.network.tracing`).
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .shape_rules import ShapeRules
+from .moved_channels import MovedChannels
 from .fx_graph import is_opaque_leaf, node_shape, target_name, tensor_args, where
 from .layers import is_channels_last_layer_norm, is_layer_norm_2d
 from .trace_records import Layout
 from .op_tables import (BINARY, BINARY_METHODS, CAT, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES,
-                        ELEMENTWISE_NAMES, FLATTEN, FUNCTIONAL, PERMUTE, POOL_FUNCTIONS, POOL_MODULES, REDUCTION_METHODS,
-                        REDUCTIONS, RESHAPE_METHODS, SHAPE_QUERIES, SPLITS, STACK)
+                        ELEMENTWISE_NAMES, FLATTEN, FUNCTIONAL, MOVES, PERMUTE, POOL_FUNCTIONS, POOL_MODULES,
+                        REDUCTION_METHODS, REDUCTIONS, RESHAPE_METHODS, SHAPE_QUERIES, SPLITS, STACK)
 
 __all__ = ["OpTracer"]
 
 
-class OpTracer(ShapeRules):
-    """:class:`ShapeRules` with the op rules: ``visit`` reads one node."""
+class OpTracer(MovedChannels):
+    """:class:`MovedChannels` with the op rules: ``visit`` reads one node."""
 
     def visit(self, node: fx.Node) -> None:
         shape = node_shape(node)
@@ -45,7 +47,9 @@ class OpTracer(ShapeRules):
             self.visit_untyped(node)
             return
         args = tensor_args(node)
-        if node.op == "get_attr":
+        if node.op != "get_attr" and any(arg in self.moved for arg in args):
+            self.visit_moved(node, args)
+        elif node.op == "get_attr":
             self.layouts[node] = self.fresh(node, f"parameter {node.target} used directly")
         elif node.op == "call_module":
             self.visit_module(node, args)
@@ -80,7 +84,9 @@ class OpTracer(ShapeRules):
         kind = type(module)
         shape = node_shape(node)
         source = self.layout(args[0]) if len(args) == 1 else None
-        if kind is nn.Conv2d and source is not None and source.dim == 1:
+        if kind is nn.Conv1d and source is not None and self.channel_conv(node, name, module, args[0]):
+            pass  # a conv along the channels (ECA's): see moved_channels
+        elif kind is nn.Conv2d and source is not None and source.dim == 1:
             if module.groups > 1 and module.in_channels == module.out_channels:
                 # depthwise or ResNeXt/RegNet-style grouped conv: carries its input's unit, in whole groups
                 width = module.in_channels // module.groups
@@ -170,9 +176,10 @@ class OpTracer(ShapeRules):
             pass
         elif target in RESHAPE_METHODS and len(args) == 1 and self.unit_dims(node, args[0]):
             pass
-        elif (target in FLATTEN or target in RESHAPE_METHODS) and len(args) == 1 and self.moves_channels(node, args[0]):
-            self.freeze_all(node, f"{label} in {where(node)} moves the channels into another dim (an op across the "
-                                  "channels, such as ECA's 1-D conv, has no rule yet)")
+        elif target in MOVES and len(args) == 1 and self.move(node, args[0]):
+            pass  # (N, C) -> (N, 1, C): see moved_channels
+        elif target in ("unsqueeze", torch.unsqueeze, torch.squeeze) and len(args) == 1 and self.unit_dims(node, args[0]):
+            pass
         elif target in FLATTEN or target in RESHAPE_METHODS or target in ("transpose", torch.transpose):
             self.freeze_all(node, f"{label} in {where(node)} mixes the channels with other dims (channel shuffle)")
         elif target is F.pad and len(args) == 1 and self.pads_other_dims(node, args[0]):

@@ -1,5 +1,5 @@
 """The tables of the op rules: which modules, functions and methods each rule of
-:mod:`autoslim.network.op_rules` knows."""
+:mod:`autoslim.network.op_rules` (and :mod:`autoslim.network.moved_channels`) knows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 __all__ = ["ELEMENTWISE_MODULES", "POOL_MODULES", "ELEMENTWISE_FUNCTIONS", "POOL_FUNCTIONS", "ELEMENTWISE_METHODS",
            "ELEMENTWISE_NAMES", "BINARY", "BINARY_METHODS", "FLATTEN", "RESHAPE_METHODS", "REDUCTIONS",
-           "REDUCTION_METHODS", "PERMUTE", "CAT", "STACK", "SPLITS", "SHAPE_QUERIES", "FUNCTIONAL"]
+           "REDUCTION_METHODS", "PERMUTE", "CAT", "STACK", "SPLITS", "SHAPE_QUERIES", "FUNCTIONAL", "MOVES"]
 
 ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -54,3 +54,6 @@ FUNCTIONAL = {
     F.linear: ("input", "weight", "bias"),
     F.conv2d: ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
 }
+# Ops that may move a per-channel vector's channels into another dim, ``(N, C) -> (N, 1, C)``, and back.
+MOVES = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "transpose", torch.flatten, torch.squeeze,
+         torch.unsqueeze, torch.transpose}
