@@ -326,3 +326,16 @@ def test_cuda_where_there_is_none_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available here"):
         make_timer(LatencyKey("cuda"))
+
+
+def test_a_conv_along_the_channels_is_not_timed_and_the_model_still_predicts():
+    from test_network_tracing import _EcaNet
+
+    from autoslim.network.supernet import convert
+
+    supernet = convert(_EcaNet("circular"), input_size=8, divisor=4).eval()  # two ECA gates: calls of kind "chconv"
+    model = build_latency_model(supernet, FakeTimer(), networks=6)
+    assert {t.module for t in model.layers} == {"stem.0", "body.0", "body.4", "head.0", "fc"}
+    predict, timer = model.bind(supernet), FakeTimer()
+    for config in [supernet.sample_config(random.Random(i)) for i in range(3)]:
+        assert predict(config) == pytest.approx(measure_config(supernet, config, timer), rel=1e-9)

@@ -140,9 +140,7 @@ def test_timm_channels_last_layer_norm_and_a_reshaped_scale_are_sliced():
 # A held-out set: timm CNNs that neither the issue nor the coverage table names, checked the same way. A unit
 # may be frozen only for a true limit of prefix slicing, never for an operation the tracer does not know.
 HELD_OUT = ["mnasnet_100", "spnasnet_100", "fbnetc_100", "semnasnet_075", "efficientnet_lite0",
-            pytest.param("ecaresnet26t", marks=pytest.mark.xfail(strict=True, reason=(
-                "ECA's gate runs a 1-D conv across the channels ((N, C) viewed as (N, 1, C)): no rule yet, so the "
-                "units it gates freeze; its cost is exact"))),
+            "ecaresnet26t",  # ECA's gate: a conv along the channels, viewed as (N, 1, C)
             "resnetv2_50", "selecsls42b", "skresnet18", "hgnetv2_b0", "ghostnetv2_100", "mobilenetv4_conv_small"]
 TRUE_LIMITS = ("image channels", "network outputs", "split along the channels", "splits the channels into groups",
                "(channel shuffle)", "takes a fixed range of the channels", "grouped conv")
@@ -222,6 +220,28 @@ def test_functional_batch_norm_on_a_concatenation_updates_its_statistics_in_trai
     used[24:24 + right] = True
     assert not torch.equal(after[used], before[used])  # the gathered statistics were written back
     assert torch.equal(after[~used], before[~used])
+
+
+class _TimmEca(nn.Module):
+    """timm's ECA and circular ECA gates (a conv along the channels, viewed as (N, 1, C)) on a conv's channels."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import CecaModule, EcaModule
+
+        self.a, self.eca = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)), EcaModule(16)
+        self.b, self.ceca = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24)), CecaModule(24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.ceca(torch.relu(self.b(self.eca(torch.relu(self.a(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_timm_eca_gates_are_slimmable_and_cost_exactly():
+    supernet = _check(_TimmEca(), 0.5, size=8)
+    assert {u.name for u in supernet.slimmable_units} == {"a.0", "b.0"}
+    assert [c.module for c in supernet.trace.calls if c.kind == "chconv"] == ["eca.conv", "ceca.conv"]
 
 
 # -- the command line: timm:NAME ------------------------------------------------------------------------------

@@ -273,3 +273,130 @@ def test_convert_leaves_the_input_model_alone():
     supernet = convert(model, input_size=64)
     assert type(model.conv1) is nn.Conv2d
     assert supernet.model.conv1.weight is not model.conv1.weight
+
+
+# -- ECA: a conv along the channels ----------------------------------------------------------------------------
+
+class _Eca(nn.Module):
+    """A user's own ECA gate: the channel means moved into the length of a 1-D conv, ``(N, C) -> (N, 1, C)``, a conv
+    along them, moved back and applied. ``style`` says how: timm's ``view`` (``"view"``), the ECA-Net paper's
+    squeeze and transpose (``"transpose"``), a circular ``F.pad`` before an unpadded conv (``"circular"``); or a
+    misuse of the moved dim, which must freeze: a conv of two output channels (``"two"``) or a linear layer across
+    the moved channels (``"linear"``)."""
+
+    def __init__(self, channels, style="view", k=3):
+        super().__init__()
+        self.style, self.pad = style, (k - 1) // 2
+        self.conv = nn.Conv1d(1, 2 if style == "two" else 1, k, padding=0 if style == "circular" else self.pad,
+                              bias=style == "circular")
+        if style == "linear":
+            self.conv = nn.Linear(channels, channels)
+
+    def forward(self, x):
+        n = x.shape[0]
+        if self.style == "transpose":
+            y = self.conv(x.mean((2, 3), keepdim=True).squeeze(-1).transpose(-1, -2))
+            return x * torch.sigmoid(y.transpose(-1, -2).unsqueeze(-1)).expand_as(x)
+        y = x.mean((2, 3)).view(n, 1, -1)
+        if self.style == "circular":
+            y = torch.nn.functional.pad(y, (self.pad, self.pad), mode="circular")
+        y = self.conv(y)
+        if self.style == "two":
+            y = y.mean(1, keepdim=True)
+        return x * torch.sigmoid(y).view(n, -1, 1, 1).expand_as(x)
+
+
+class _EcaNet(nn.Module):
+    """ECA on a residual stream (the first gate, of ``style``) and on a block's hidden channels (timm's form)."""
+
+    def __init__(self, style="view"):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.eca = _Eca(16, style)
+        self.body = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+                                  _Eca(24, k=5), nn.Conv2d(24, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.head = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.eca(self.stem(x))
+        x = torch.relu(x + self.body(x))
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def _assert_exact(supernet, configs, sizes=(8,)):
+    """Materialize parity, and the cost of each config equals FlopCounterMode / 2 of its static network."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for config in configs:
+        supernet.set_config(config)
+        supernet.eval()
+        static = materialize(supernet, config).eval()
+        for size in sizes:
+            x = torch.randn(2, 3, size, size)
+            with torch.no_grad():
+                torch.testing.assert_close(static(x), supernet(x))
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                static(torch.zeros(1, 3, size, size))
+            assert supernet.cost(config, input_size=size).macs == counter.get_total_flops() // 2
+        assert supernet.cost(config).params == sum(p.numel() for p in static.parameters())
+
+
+@pytest.mark.parametrize("style", ["view", "transpose", "circular"])
+def test_eca_gated_units_stay_slimmable_and_cost_exactly(style):
+    import random
+
+    supernet = convert(_EcaNet(style), input_size=8, divisor=4)
+    units = {u.name: u for u in supernet.layer_units}
+    assert units["stem.0"].frozen is None and units["body.0"].frozen is None
+    assert "eca.conv" in units["stem.0"].carriers and "body.3.conv" in units["body.0"].carriers
+    assert [c.module for c in supernet.trace.calls if c.kind == "chconv"] == ["eca.conv", "body.3.conv"]
+    assert type(supernet.model.eca.conv) is nn.Conv1d and supernet.model.eca.conv.weight.shape[:2] == (1, 1)
+    rng = random.Random(0)
+    configs = [supernet.largest_config(), supernet.smallest_config()] + [supernet.sample_config(rng) for _ in range(4)]
+    _assert_exact(supernet, configs, sizes=(8, 12))
+    supernet.set_config(configs[-1])
+    supernet.train()
+    supernet(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert supernet.model.eca.conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("style", ["two", "linear"])
+def test_other_uses_of_moved_channels_freeze_with_a_reason(style):
+    supernet = convert(_EcaNet(style), input_size=8, divisor=4)
+    units = {u.name: u for u in supernet.layer_units}
+    assert "moved into another dim" in units["stem.0"].frozen and "eca" in units["stem.0"].frozen
+    assert units["body.0"].frozen is None  # timm's form in the block: still slimmable
+    _assert_exact(supernet, [supernet.largest_config(), supernet.smallest_config()])
+
+
+def test_a_reshape_naming_the_channel_count_into_another_dim_freezes():
+    class Named(_Eca):
+        def forward(self, x):
+            y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, 16))
+            return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
+
+    net = _EcaNet()
+    net.eca = Named(16)
+    units = {u.name: u.frozen for u in convert(net, input_size=8).layer_units}
+    assert "naming their count" in units["stem.0"] and units["body.0"] is None
+
+
+def test_sort_channels_keeps_the_order_of_units_a_conv_along_the_channels_reads():
+    from test_network_ordering import _randomize
+
+    from autoslim.network.ordering import sort_channels
+
+    supernet = convert(_EcaNet("circular"), input_size=8, divisor=4)
+    _randomize(supernet)
+    supernet.eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = supernet(x)
+    perms = sort_channels(supernet)
+    with torch.no_grad():
+        after = supernet(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
+    assert set(perms) == {"head.0"}  # stem.0 and body.0 pass through an ECA conv: a permutation would mix others
+    with pytest.raises(ValueError, match="conv along the channels"):
+        sort_channels(supernet, importance={"stem.0": torch.arange(16.0)})

@@ -10,6 +10,7 @@ from autoslim.network.supernet import convert
 from autoslim.search.greedy import greedy_search
 from autoslim.search.scoring import BatchScorer, batch_statistics
 from autoslim.spaces import build_supernet, load_space
+from test_network_tracing import _EcaNet
 
 
 class _GatedNet(nn.Module):
@@ -68,7 +69,8 @@ def _trajectory(supernet, images, labels, reuse, **kwargs):
     lambda: convert(_GatedNet(), input_size=8, divisor=4),
     lambda: convert(_ConcatNet(), input_size=8, divisor=4),
     lambda: convert(_LayerScaleNet(scale=False), input_size=8, divisor=4),  # LayerNorm mixes channels: a reader
-], ids=["digits_cnn", "gated", "concat", "layernorm"])
+    lambda: convert(_EcaNet("circular"), input_size=8, divisor=4),  # so does a conv along the channels (ECA)
+], ids=["digits_cnn", "gated", "concat", "layernorm", "eca"])
 def test_reuse_and_plain_give_identical_trajectories(make):
     supernet = make().eval()
     generator = torch.Generator().manual_seed(0)

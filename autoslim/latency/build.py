@@ -71,7 +71,7 @@ def _sites(supernet: Supernet) -> list[_Site]:
     for i, call in enumerate(trace.calls):
         module = trace.modules.get(call.module)
         if call.train_only or call.kind not in ("conv", "dwconv", "linear") or call.node not in nodes:
-            continue
+            continue  # a conv along the channels (ECA's "chconv") is not timed: its few MACs are in the MACs term
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         arguments = tensor_args(nodes[call.node])

@@ -198,7 +198,7 @@ def feature_function(model: LatencyModel, supernet: Supernet
     for call in calls:
         if call.train_only:
             continue
-        follows = call.kind in ("dwconv", "bn", "ln")
+        follows = call.kind in ("dwconv", "bn", "ln", "chconv")
         writers.append((call.inputs, call.out_unit, call.out_spatial, follows))
 
     def features(config: Mapping[str, int]) -> tuple[float, float, float]:

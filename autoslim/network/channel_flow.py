@@ -167,7 +167,8 @@ class ChannelFlow:
         if name in self.module_io:
             first_in, first_out = self.module_io[name]
             reason = f"module {name} called on tensors of different channels"
-            self.tie(first_in, inputs, reason)
+            if kind != "chconv":  # a conv along the channels holds nothing per channel: any channels may share it
+                self.tie(first_in, inputs, reason)
             if kind in ("conv", "linear"):
                 self.tie(first_out, outputs, reason)
             if self.train_pass:

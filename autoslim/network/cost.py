@@ -1,9 +1,9 @@
 """Exact cost of any channel config by arithmetic over the traced shapes.
 
 Convention (the AutoSlim paper's, stated in every table): "FLOPs" are the multiply-accumulates (MACs) of
-conv and linear layers; bias, BatchNorm, activations and pooling are not counted. This equals
-``torch.utils.flop_counter.FlopCounterMode`` total / 2 on the static model. Parameters are every
-parameter of the static model, BatchNorm affine parameters included (buffers are not parameters).
+conv and linear layers, a conv along the channels (ECA's) included; bias, BatchNorm, activations and pooling are
+not counted. This equals ``torch.utils.flop_counter.FlopCounterMode`` total / 2 on the static model. Parameters
+are every parameter of the static model, BatchNorm affine parameters included (buffers are not parameters).
 """
 
 from __future__ import annotations
@@ -49,11 +49,13 @@ class CostModel:
                     width = module.in_channels // module.groups
             elif call.kind == "linear":
                 per = 1
+            elif call.kind == "chconv":  # one input and one output channel: the kernel per channel and position
+                per = module.kernel_size[0]
             else:
                 per = 0
             self._calls.append((call.kind, call.inputs, call.out_unit, per, groups, width, not call.train_only))
-            if call.module in seen or call.functional:  # a functional call's parameters are parameter uses
-                continue
+            if call.module in seen or call.functional or call.kind == "chconv":
+                continue  # a functional call's parameters are parameter uses; a conv along the channels' are fixed
             seen.add(call.module)
             counted += sum(p.numel() for p in module.parameters(recurse=False))
             if call.kind in ("bn", "ln"):
@@ -93,6 +95,8 @@ class CostModel:
             n_in = input_count(inputs, counts)
             if kind == "dwconv":
                 result.append(n_in * width * per * hw)
+            elif kind == "chconv":
+                result.append(n_in * per * hw)
             else:
                 result.append(counts[o] * (n_in // groups) * per * hw)
         return result

@@ -61,8 +61,9 @@ def is_opaque_leaf(module: nn.Module) -> bool:
 
 
 def positions(shape: torch.Size, kind: str) -> int:
-    """Output positions per sample of a layer call: H * W for a conv, the non-feature dims for a linear."""
-    if kind == "linear":
+    """Output positions per sample of a layer call: H * W for a conv, the non-feature dims for a linear or a conv along
+    the channels (its channels are its length)."""
+    if kind in ("linear", "chconv"):
         return math.prod(int(s) for s in shape[1:-1])
     return math.prod(int(s) for s in shape[2:])
 

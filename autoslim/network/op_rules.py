@@ -1,8 +1,10 @@
 """The op rules of channel tracing: how each module, function and method maps its inputs' layouts to its output's.
 
 Conv and linear layers start units; BatchNorm, elementwise ops and pooling carry their input's layout; residual
-additions tie units; concatenations concatenate layouts; flatten and permute move or scale them; anything else
-freezes the units it touches, with the reason (see :mod:`autoslim.network.tracing`).
+additions tie units; concatenations concatenate layouts; flatten and permute move or scale them; a per-channel
+vector moved into another dim keeps its units only through a conv along the channels and a move back (see
+:mod:`autoslim.network.moved_channels`); anything else freezes the units it touches, with the reason (see
+:mod:`autoslim.network.tracing`).
 """
 
 from __future__ import annotations
@@ -15,59 +17,19 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .shape_rules import ShapeRules
+from .moved_channels import MovedChannels
 from .fx_graph import is_opaque_leaf, node_shape, target_name, tensor_args, where
 from .layers import is_channels_last_layer_norm, is_layer_norm_2d
 from .trace_records import Layout
+from .op_tables import (BINARY, BINARY_METHODS, CAT, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES,
+                        ELEMENTWISE_NAMES, FLATTEN, FUNCTIONAL, MOVES, PERMUTE, POOL_FUNCTIONS, POOL_MODULES,
+                        REDUCTION_METHODS, REDUCTIONS, RESHAPE_METHODS, SHAPE_QUERIES, SPLITS, STACK)
 
 __all__ = ["OpTracer"]
 
 
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.PReLU,
-    nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Softmax,
-)
-_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Upsample)
-_ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.sigmoid, F.tanh, F.hardtanh, F.softplus, F.dropout, F.dropout2d,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.neg, torch.abs, torch.exp,
-    operator.neg, F.relu_, torch.relu_,
-    F.softmax, torch.softmax,  # over any dim, the channels included: it runs over whatever channels are active
-}
-_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate}
-_ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone", "float",
-    "half", "bfloat16", "to", "type_as", "detach", "neg", "abs", "exp", "hardswish", "softmax",
-}
-# Functions that keep shapes and act per element or per sample, known by name (torchvision wraps them for fx).
-_ELEMENTWISE_NAMES = {"stochastic_depth"}
-_BINARY = {
-    operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub, operator.truediv,
-    torch.add, torch.mul, torch.sub, torch.div,
-}
-_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
-_FLATTEN = {torch.flatten}
-_RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze"}
-_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
-_PERMUTE = {torch.permute}
-_CAT = {torch.cat, torch.concat, torch.concatenate}
-_STACK = {torch.stack}
-_SPLITS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split", "unbind", "tensor_split"}
-_SHAPE_QUERIES = {"size", "dim", "numel"}
-# Functional layers that a module's own forward may call on its parameters, with their argument names.
-_FUNCTIONAL = {
-    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
-    F.group_norm: ("input", "num_groups", "weight", "bias", "eps"),
-    F.linear: ("input", "weight", "bias"),
-    F.conv2d: ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-}
-
-
-class OpTracer(ShapeRules):
-    """:class:`ShapeRules` with the op rules: ``visit`` reads one node."""
+class OpTracer(MovedChannels):
+    """:class:`MovedChannels` with the op rules: ``visit`` reads one node."""
 
     def visit(self, node: fx.Node) -> None:
         shape = node_shape(node)
@@ -85,7 +47,9 @@ class OpTracer(ShapeRules):
             self.visit_untyped(node)
             return
         args = tensor_args(node)
-        if node.op == "get_attr":
+        if node.op != "get_attr" and any(arg in self.moved for arg in args):
+            self.visit_moved(node, args)
+        elif node.op == "get_attr":
             self.layouts[node] = self.fresh(node, f"parameter {node.target} used directly")
         elif node.op == "call_module":
             self.visit_module(node, args)
@@ -96,7 +60,7 @@ class OpTracer(ShapeRules):
 
     def visit_untyped(self, node: fx.Node) -> None:
         """Nodes without a tensor output: shape queries are harmless, splits and the like are not."""
-        if node.op in ("call_function", "call_method") and node.target in _SHAPE_QUERIES:
+        if node.op in ("call_function", "call_method") and node.target in SHAPE_QUERIES:
             return
         if node.op == "call_function" and node.target is getattr:
             return
@@ -105,7 +69,7 @@ class OpTracer(ShapeRules):
             return
         if isinstance(node.target, type) and issubclass(node.target, tuple):  # GoogLeNetOutputs(logits, aux2, aux1)
             reason = "network outputs"
-        elif node.target in _SPLITS:
+        elif node.target in SPLITS:
             reason = f"split along the channels ({target_name(node.target)} in {where(node)})"
         else:
             reason = f"unsupported operation {target_name(node.target)} (in {where(node)})"
@@ -120,7 +84,9 @@ class OpTracer(ShapeRules):
         kind = type(module)
         shape = node_shape(node)
         source = self.layout(args[0]) if len(args) == 1 else None
-        if kind is nn.Conv2d and source is not None and source.dim == 1:
+        if kind is nn.Conv1d and source is not None and self.channel_conv(node, name, module, args[0]):
+            pass  # a conv along the channels (ECA's): see moved_channels
+        elif kind is nn.Conv2d and source is not None and source.dim == 1:
             if module.groups > 1 and module.in_channels == module.out_channels:
                 # depthwise or ResNeXt/RegNet-style grouped conv: carries its input's unit, in whole groups
                 width = module.in_channels // module.groups
@@ -175,11 +141,11 @@ class OpTracer(ShapeRules):
                 if getattr(module, attr, None) is not None:
                     self.use_parameter(f"{name}.{attr}", {0: source.segments})
             self.layouts[node] = source
-        elif isinstance(module, _ELEMENTWISE_MODULES) and source is not None and self.carries(args[0], node):
+        elif isinstance(module, ELEMENTWISE_MODULES) and source is not None and self.carries(args[0], node):
             if isinstance(module, nn.PReLU) and module.num_parameters > 1:
                 self.freeze(source, f"PReLU {name} has a parameter per channel")
             self.layouts[node] = source
-        elif isinstance(module, _POOL_MODULES) and source is not None and source.dim == 1 and self.carries(args[0], node):
+        elif isinstance(module, POOL_MODULES) and source is not None and source.dim == 1 and self.carries(args[0], node):
             self.layouts[node] = source
         elif isinstance(module, nn.Flatten) and source is not None and self.flatten(node, args[0]):
             pass
@@ -193,27 +159,28 @@ class OpTracer(ShapeRules):
     def visit_function(self, node: fx.Node, args: list[fx.Node]) -> None:
         target = node.target
         label = target_name(target)
-        if target in _FUNCTIONAL and self.functional(node):
+        if target in FUNCTIONAL and self.functional(node):
             pass
-        elif target in _BINARY or target in _BINARY_METHODS:
+        elif target in BINARY or target in BINARY_METHODS:
             self.binary(node, args)
-        elif (target in _ELEMENTWISE_FUNCTIONS or target in _ELEMENTWISE_METHODS or label in _ELEMENTWISE_NAMES) \
+        elif (target in ELEMENTWISE_FUNCTIONS or target in ELEMENTWISE_METHODS or label in ELEMENTWISE_NAMES) \
                 and len(args) == 1 and self.carries(args[0], node):
             self.layouts[node] = self.layout(args[0])
-        elif target in _POOL_FUNCTIONS and len(args) == 1 and self.layout(args[0]).dim == 1 and self.carries(args[0], node):
+        elif target in POOL_FUNCTIONS and len(args) == 1 and self.layout(args[0]).dim == 1 and self.carries(args[0], node):
             self.layouts[node] = self.layout(args[0])
-        elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and self.flatten(node, args[0]):
+        elif (target in FLATTEN or target in RESHAPE_METHODS) and len(args) == 1 and self.flatten(node, args[0]):
             pass
-        elif target in _RESHAPE_METHODS and len(args) == 1 and self.parameter_view(node, args[0]):
+        elif target in RESHAPE_METHODS and len(args) == 1 and self.parameter_view(node, args[0]):
             pass
-        elif target in _RESHAPE_METHODS and len(args) == 1 and self.group_split(node, args[0]):
+        elif target in RESHAPE_METHODS and len(args) == 1 and self.group_split(node, args[0]):
             pass
-        elif target in _RESHAPE_METHODS and len(args) == 1 and self.unit_dims(node, args[0]):
+        elif target in RESHAPE_METHODS and len(args) == 1 and self.unit_dims(node, args[0]):
             pass
-        elif (target in _FLATTEN or target in _RESHAPE_METHODS) and len(args) == 1 and self.moves_channels(node, args[0]):
-            self.freeze_all(node, f"{label} in {where(node)} moves the channels into another dim (an op across the "
-                                  "channels, such as ECA's 1-D conv, has no rule yet)")
-        elif target in _FLATTEN or target in _RESHAPE_METHODS or target in ("transpose", torch.transpose):
+        elif target in MOVES and len(args) == 1 and self.move(node, args[0]):
+            pass  # (N, C) -> (N, 1, C): see moved_channels
+        elif target in ("unsqueeze", torch.unsqueeze, torch.squeeze) and len(args) == 1 and self.unit_dims(node, args[0]):
+            pass
+        elif target in FLATTEN or target in RESHAPE_METHODS or target in ("transpose", torch.transpose):
             self.freeze_all(node, f"{label} in {where(node)} mixes the channels with other dims (channel shuffle)")
         elif target is F.pad and len(args) == 1 and self.pads_other_dims(node, args[0]):
             self.layouts[node] = self.layout(args[0])
@@ -222,15 +189,15 @@ class OpTracer(ShapeRules):
             if len(args) == 2 and node_shape(args[1])[self.layout(args[0]).dim] == node_shape(node)[self.layout(args[0]).dim]:
                 self.layouts[node] = self.tie(self.layout(args[0]), self.layout(args[1]),
                                               f"expand_as in {where(node)} to a tensor of other channels")
-        elif (target in _REDUCTIONS or target in _REDUCTION_METHODS) and len(args) == 1 and self.reduction(node, args[0]):
+        elif (target in REDUCTIONS or target in REDUCTION_METHODS) and len(args) == 1 and self.reduction(node, args[0]):
             pass
         elif target is operator.getitem and len(args) == 1 and self.index(node, args[0]):
             pass
-        elif (target in _PERMUTE or target == "permute") and len(args) == 1:
+        elif (target in PERMUTE or target == "permute") and len(args) == 1:
             self.permute(node, args[0])
-        elif target in _CAT:
+        elif target in CAT:
             self.concatenate(node, args)
-        elif target in _STACK and args and self.stack(node, args):
+        elif target in STACK and args and self.stack(node, args):
             pass
         elif isinstance(target, type) and issubclass(target, tuple):  # GoogLeNetOutputs(logits, aux2, aux1)
             for arg in args:
@@ -289,7 +256,7 @@ class OpTracer(ShapeRules):
         """A functional conv, linear or norm whose weights are module attributes (a layer subclass with its own
         forward, such as timm's ``BatchNormAct2d`` or ``Linear``): the same rule as the module, its parameters
         and buffers sliced by attribute. False when the call is not of that form."""
-        names = _FUNCTIONAL.get(node.target)
+        names = FUNCTIONAL.get(node.target)
         if names is None:
             return False
         bound = dict(zip(names, node.args))

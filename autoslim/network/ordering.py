@@ -17,7 +17,9 @@ per-channel operation the tracer lets a unit pass through):
   concatenated input and, after a flatten of ``C x H x W``, in blocks of ``H * W`` columns per channel.
 
 Frozen units (image channels, network outputs, anything the tracer could not prove safe to slice) are never
-permuted.
+permuted, and neither are the units that pass through a conv along the channels (ECA's ``Conv1d(1, 1, k)`` over
+the channels viewed as ``(N, 1, C)``, a call of kind ``"chconv"``): it mixes each channel with its neighbours, so
+a permutation would change the function. They stay slimmable, in their order.
 
 Importance (``importance="magnitude"``, the default) needs no data. Every layer of the unit votes with the
 L1 magnitude of the weights it holds for each channel: a producer's output filter, a reader's input column
@@ -86,8 +88,9 @@ def _spans(supernet: Supernet) -> list[_Span]:
             start += units[unit].maximum * scale
 
     for call in supernet.trace.calls:
-        if call.module in seen or call.functional:  # a module called twice holds its tensors
-            continue  # once; a layer computing its own op has its tensors in ``trace.parameters``
+        if call.module in seen or call.functional or call.kind == "chconv":  # a module called twice holds its
+            continue  # tensors once; a layer computing its own op has them in ``trace.parameters``; a conv along
+            # the channels has none per channel
         seen.add(call.module)
         if call.kind in ("conv", "linear"):
             add(call.module, "weight", 0, call.outputs, True)
@@ -135,8 +138,14 @@ def _per_channel(values: Tensor, span: _Span, maximum: int) -> Tensor:
     return part.reshape(maximum, -1).sum(1).double()
 
 
+def _along_channels(supernet: Supernet) -> set[int]:
+    """The units a conv along the channels reads: their order is part of the function."""
+    return {u for call in supernet.trace.calls if call.kind == "chconv" for u, _ in call.inputs}
+
+
 def _sortable(supernet: Supernet) -> list[int]:
-    return [i for i, unit in enumerate(supernet.units) if unit.frozen is None and unit.maximum > 1]
+    fixed = _along_channels(supernet)
+    return [i for i, unit in enumerate(supernet.units) if unit.frozen is None and unit.maximum > 1 and i not in fixed]
 
 
 def _magnitude(supernet: Supernet, spans: list[_Span]) -> dict[int, Tensor]:
@@ -194,7 +203,8 @@ def _taylor(supernet: Supernet, spans: list[_Span], batches: Iterable[tuple[Tens
 
 def channel_importance(supernet: Supernet, importance: str = "magnitude", *,
                        batches: Iterable[tuple[Tensor, Tensor]] | None = None, num_batches: int = 4) -> dict[str, Tensor]:
-    """Per-channel importance of every unit that is not frozen, summed over all the unit's layers.
+    """Per-channel importance of every unit that is not frozen (nor read by a conv along the channels), summed over
+    all the unit's layers.
 
     Args:
         supernet: the network, at any config (importance is taken at its largest).
@@ -254,7 +264,8 @@ def _apply(supernet: Supernet, spans: list[_Span], perms: dict[int, Tensor]) -> 
 
 def sort_channels(supernet: Supernet, *, importance: Importance = "magnitude",
                   batches: Iterable[tuple[Tensor, Tensor]] | None = None, num_batches: int = 4) -> dict[str, Tensor]:
-    """Permute the channels of every unit that is not frozen, most important first, without changing the function.
+    """Permute the channels of every unit that is not frozen, most important first, without changing the function
+    (a unit read by a conv along the channels keeps its order: see the module docstring).
 
     Parameters and buffers are permuted in place (the same tensors, so call this before making an optimizer:
     its state is not permuted). The network's outputs are unchanged at the largest config; every smaller
@@ -272,19 +283,23 @@ def sort_channels(supernet: Supernet, *, importance: Importance = "magnitude",
         what was its channel ``permutation[i]``.
 
     Raises:
-        ValueError: an unknown importance, a score for an unknown or frozen unit or of the wrong length,
-            ``"taylor"`` without batches.
+        ValueError: an unknown importance, a score for an unknown or frozen unit, for a unit a conv along the
+            channels reads or of the wrong length, ``"taylor"`` without batches.
     """
     spans = _spans(supernet)
     if isinstance(importance, str):
         scores = channel_importance(supernet, importance, batches=batches, num_batches=num_batches)
     else:
         scores = {}
+        fixed = _along_channels(supernet)
         for name, values in importance.items():
             unit = supernet.unit(name)
             values = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
             if unit.frozen is not None:
                 raise ValueError(f"unit {name!r} is frozen ({unit.frozen}): its channels cannot be reordered")
+            if supernet.trace.unit_index()[unit.name] in fixed:
+                raise ValueError(f"unit {name!r} is read by a conv along the channels (ECA), which mixes neighbouring "
+                                 "channels: its channels cannot be reordered")
             if values.numel() != unit.maximum:
                 raise ValueError(f"unit {name!r} has {unit.maximum} channels, got {values.numel()} scores")
             scores[name] = values

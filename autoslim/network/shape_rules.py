@@ -179,7 +179,9 @@ class ShapeRules(ChannelFlow):
         return True
 
     def moves_channels(self, node: fx.Node, source: fx.Node) -> bool:
-        """A reshape that keeps the channels whole but puts them in another dim, ``(N, C) -> (N, 1, C)``."""
+        """A reshape (or squeeze, unsqueeze, transpose) of a per-channel vector, the channels its only dim past the
+        batch above 1, that puts them in another dim: ``(N, C) -> (N, 1, C)`` and back (see
+        :mod:`autoslim.network.moved_channels`)."""
         before, after = node_shape(source), node_shape(node)
         if before is None or after is None:
             return False

@@ -61,7 +61,7 @@ class Supernet(nn.Module):
         modules = dict(model.named_modules())
         seen: set[str] = set()
         for call in trace.calls:
-            if call.module not in seen and not call.functional:
+            if call.module not in seen and not call.functional and call.kind != "chconv":
                 seen.add(call.module)
                 self._layers.append((modules[call.module], call.kind, call.inputs, call.out_unit,
                                      self._starts(call.inputs)))
@@ -272,7 +272,8 @@ def convert(model: nn.Module, *, in_channels: int = 3, input_size: int = 224, gr
         # maximum is one already)
         step = math.lcm(divisor, unit.multiple)
         unit.choices = unit_choices(unit.maximum, groups=groups, divisor=step, min_ratio=min_ratio)
-    slim_names = {call.module for call in trace.calls if not call.functional}
+    # a conv along the channels (ECA's) runs as it is, on whatever channels are active: it is no slim layer
+    slim_names = {call.module for call in trace.calls if not call.functional and call.kind != "chconv"}
     for name in slim_names:
         replace_module(model, name, to_slim(trace.modules[name]))
     for use in trace.parameters:

@@ -41,15 +41,21 @@ class LayerCall:
     """One call of a slim-able module in the traced graph (a module called twice has two calls).
 
     ``inputs`` are the units (with scales) of its input's channels, in order; ``outputs`` those of its output
-    (a conv or linear layer starts one unit; BatchNorm and depthwise convs carry their input's).
+    (a conv or linear layer starts one unit; BatchNorm, depthwise convs and convs along the channels carry their
+    input's).
+
+    A conv along the channels (``"chconv"``, ECA's ``Conv1d(1, 1, k)`` over ``(N, 1, C)``: see
+    :mod:`autoslim.network.moved_channels`) is no slim layer: it runs as it is, on whatever channels are active,
+    and only its MACs (``kernel`` per active channel and output position) depend on the config.
     """
 
     module: str
     node: str
-    kind: str  # "conv", "dwconv" (grouped conv carrying its input's unit), "linear", "bn"
+    kind: str  # "conv", "dwconv" (grouped conv carrying its input's unit), "linear", "bn", "ln", "chconv"
     inputs: tuple[Segment, ...]
     outputs: tuple[Segment, ...]
-    out_spatial: int  # product of the output's non-channel dims past the batch (H * W; 1 for a linear on vectors)
+    out_spatial: int  # product of the output's non-channel dims past the batch (H * W; 1 for a linear on vectors
+    # and for a conv along the channels of a per-channel vector)
     train_only: bool = False  # runs only in training mode (auxiliary heads): no part of the inference cost
     functional: bool = False  # the module's own forward calls the op on its parameters: sliced as ParameterUse
 

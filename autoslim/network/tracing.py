@@ -15,7 +15,10 @@ sliced together:
 - a concatenation along the channels concatenates its operands' layouts: each part stays its own unit, and
   the layers that read the result read a prefix of every part (DenseNet, Inception, SqueezeNet);
 - a flatten of ``(N, C, H, W)`` to ``(N, C*H*W)`` keeps the units, scaled by ``H * W``; a permute moves the
-  channel dimension (ConvNeXt's channels-last MLP).
+  channel dimension (ConvNeXt's channels-last MLP);
+- a per-channel vector moved into another dim, ``(N, C) -> (N, 1, C)``, and read by a conv along the channels
+  (ECA's ``Conv1d(1, 1, k)``, stride 1, as many outputs as inputs) keeps its unit, and moving it back restores the
+  channel dim (:mod:`autoslim.network.moved_channels`); any other use of moved channels freezes them.
 
 Anything the tracer cannot prove safe to slice (channel shuffle and other reshapes that mix channels,
 splits along the channels, LayerNorm over the channels, parameters used directly in arithmetic, unknown
@@ -73,7 +76,8 @@ def trace_model(model: nn.Module, *, in_channels: int = 3, input_size: int = 224
                          f"{str(error).splitlines()[0]}") from error
     tracer = OpTracer(dict(model.named_modules()))
     tracer.run(gm)
-    eval_layouts = dict(tracer.layouts)
+    # a tensor padded along its channels (before a conv along them) is not its layout's count of channels long
+    eval_layouts = {node: layout for node, layout in tracer.layouts.items() if node not in tracer.padded}
     opaque = list(tracer.opaque)  # leaf modules called whole in the inference graph, with their MACs
     nodes = {node.name: node for node in gm.graph.nodes}
     opaque_macs = {input_size: sum(nodes[name].meta.get(OPAQUE_MACS, 0) for name in opaque)}
@@ -124,7 +128,7 @@ def _collect(gm: fx.GraphModule, tracer: OpTracer, in_channels: int, input_size:
         call = LayerCall(raw["module"], raw["node"], raw["kind"], segments(raw["inputs"]), segments(raw["outputs"]),
                          int(raw["out_spatial"]), raw["train_only"], raw["functional"])
         calls.append(call)
-        if call.kind in ("bn", "dwconv", "ln"):
+        if call.kind in ("bn", "dwconv", "ln", "chconv"):
             for u, _ in call.outputs:
                 units[u].carriers.append(call.module)
         else:

@@ -103,9 +103,11 @@ class BatchScorer:
         self._layout_of = {node: node_layouts.get(node.name) for node in self._nodes}
         # A candidate starts at the first layer that reads its unit: up to there, its tensors are the current
         # network's with fewer channels (conv outputs, BatchNorm over the batch, activations: all per channel).
+        # A conv along the channels (ECA's) mixes neighbouring channels: it reads its unit too.
         self._start: dict[str, int] = {}
         for unit in supernet.slimmable_units:
-            readers = [first_call[c.module] for c in calls if c.kind in ("conv", "linear", "ln") and c.module in first_call
+            readers = [self._reader_position(c, first_call[c.module]) for c in calls
+                       if c.kind in ("conv", "linear", "ln", "chconv") and c.module in first_call
                        and any(u == index[unit.name] for u, _ in c.inputs)]
             touched = [first_call[m] for m in unit.modules if m in first_call]
             self._start[unit.name] = min(readers) if readers else min(touched, default=0)
@@ -115,6 +117,15 @@ class BatchScorer:
         self._cache: dict[fx.Node, Tensor] = {}
         self._cache_config: Optional[dict[str, int]] = None
         self._cache_done = 0
+
+    def _reader_position(self, call, position: int) -> int:
+        """Where a reading call starts: at its node, or for a conv along the channels whose input was padded along
+        them first (timm's circular ECA), at the padding: a padded tensor has no layout to slice."""
+        node = self._nodes[position]
+        while call.kind == "chconv" and node.args and isinstance(node.args[0], fx.Node) \
+                and node.args[0].op != "placeholder" and self._layout_of.get(node.args[0]) is None:
+            node = node.args[0]
+        return self._position[node]
 
     # -- the evaluator protocol ----------------------------------------------------------------------
 
