@@ -33,6 +33,7 @@ FT_EPOCHS=${FT_EPOCHS:-10}               # every compared network's fine-tune
 SEEDS=${SEEDS:-"0 1"}                    # seeds of the fine-tunes
 BUDGETS=${BUDGETS:-"20M 10M"}
 IMPORTANCES=${IMPORTANCES:-"magnitude taylor"}   # Torch-Pruning's importance criteria
+TP_FLAGS=${TP_FLAGS:-}                   # more options of torch_pruning_baseline.py (a smoke test: --steps 50 --taylor-batches 1)
 DEVICE=${DEVICE:-cpu}
 DATA=${DATA:-data/cifar10.npz}
 RUNS=${RUNS:-runs/cifar10_resnet20_finetune}
@@ -133,6 +134,7 @@ finetune_seed() {
 uniform_seed() { finetune_seed "$1" --baseline uniform; }
 torchpruning_seed() {
   local seed=$1 out
+  # shellcheck disable=SC2086  # TP_FLAGS are words
   for importance in $IMPORTANCES; do
     for b in $BUDGETS; do
       out=$RUNS/torchpruning/$importance/flops-$b/seed$seed
@@ -143,7 +145,7 @@ torchpruning_seed() {
       log "torch-pruning $importance flops-$b seed $seed: prune the base network to the pick's MACs, fine-tune"
       timed "torchpruning/$importance/flops-$b/seed$seed" "$PYTHON" "$HERE/torch_pruning_baseline.py" \
         --base "$BASE" --like "$RUNS/finetune/flops-$b/seed$seed" --importance "$importance" --device "$DEVICE" \
-        --out "$out"
+        --out "$out" $TP_FLAGS
     done
   done
 }

@@ -12,7 +12,8 @@ AutoSlim pick, then fine-tunes it exactly as that pick was fine-tuned, and write
   Nesterov momentum, the learning rate, schedule and warm-up, weight decay on conv and linear weights only, label
   smoothing, the seed and the data split), and the loop, data order and augmentation are autoslim's
   (:class:`autoslim.training.trainer.Trainer`, the loop of ``retrain``).
-- Pruning: ``tp.pruner.MetaPruner`` with global ranking over every conv layer (the classifier's outputs kept),
+- Pruning: ``tp.pruner.MetaPruner`` with global ranking over every conv layer (``--scope local``: the same ratio
+  in every layer) and the classifier's outputs kept,
   ``pruning_ratio=1.0`` reached linearly over ``--steps`` steps; it steps until the network has at most the pick's
   MACs. Importance ``magnitude`` is ``tp.importance.MagnitudeImportance(p=1)`` (L1 norm of the weights);
   ``taylor`` is ``tp.importance.TaylorImportance()`` on the gradients of ``--taylor-batches`` training batches,
@@ -41,6 +42,8 @@ def main() -> None:
                         "pick: its MACs are the target and its settings the fine-tune's")
     parser.add_argument("--importance", required=True, choices=["magnitude", "taylor"])
     parser.add_argument("--out", required=True, help="directory of this run")
+    parser.add_argument("--scope", choices=["global", "local"], default="global", help="global (default): rank "
+                        "every conv layer's channels together; local: prune every layer by the same ratio")
     parser.add_argument("--steps", type=int, default=200, help="iterative steps to a pruning ratio of 1.0 (default "
                         "200: each removes about 0.5%% of the channels)")
     parser.add_argument("--taylor-batches", type=int, default=4, help="training batches of gradients before each "
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
     target = int(pick["macs"])
     importance_name = {"magnitude": "MagnitudeImportance(p=1)", "taylor": "TaylorImportance()"}[args.importance]
     facts = {"method": "torch-pruning", "importance": args.importance, "importance_class": importance_name,
-             "scope": "global", "iterative_steps": args.steps,
+             "scope": args.scope, "iterative_steps": args.steps,
              "taylor_batches": args.taylor_batches if args.importance == "taylor" else None,
              "target_macs": target, "like": str(like), "base": str(base), "base_accuracy": base_summary["accuracy"],
              "base_macs": base_summary["macs"], "base_params": base_summary["params"],
@@ -134,8 +137,8 @@ def run(args: argparse.Namespace) -> None:
         state = read_state(checkpoint, fmt, "Torch-Pruning baseline")
         saved = settings_from_dict(state["settings"], str(checkpoint))
         differences = saved.differences(settings)
-        if differences or {k: state["facts"].get(k) for k in ("importance", "target_macs", "base", "iterative_steps")} \
-                != {k: facts[k] for k in ("importance", "target_macs", "base", "iterative_steps")}:
+        keys = ("importance", "scope", "target_macs", "base", "iterative_steps")
+        if differences or {k: state["facts"].get(k) for k in keys} != {k: facts[k] for k in keys}:
             fail(f"{out} holds another run ({differences or 'other pruning'}): use another --out or remove it")
         model = torch.load(pruned_path, map_location=device, weights_only=False)
         facts = state["facts"]
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> None:
         importance = tp.importance.MagnitudeImportance(p=1) if args.importance == "magnitude" \
             else tp.importance.TaylorImportance()
         pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=1.0,
-                                      iterative_steps=args.steps, global_pruning=True, ignored_layers=classifiers)
+                                      iterative_steps=args.steps, global_pruning=args.scope == "global",
+                                      ignored_layers=classifiers)
         gradient_batches = []
         if args.importance == "taylor":
             generator = torch.Generator().manual_seed(derive_seed("taylor", settings.seed))
