@@ -55,6 +55,7 @@ def _one_line_error(result, message, *, after_progress=False):
     lines = result.output.strip().splitlines()
     assert message in lines[-1] and lines[-1].startswith("error:") and "Traceback" not in result.output
     assert len(lines) == 1 or after_progress, result.output
+    return lines[-1]
 
 
 @pytest.fixture
@@ -93,13 +94,14 @@ def test_latency_measures_once_then_uses_the_cache(fresh_run, fake_timer):
     (["--batch", "0"], "batch must be a positive integer"),
 ])
 def test_latency_refuses_bad_options_in_one_line(run_dir, args, message):
-    _one_line_error(_invoke("latency", run_dir, *args), message)
+    assert message in _one_line_error(_invoke("latency", run_dir, *args), message)
 
 
 def test_onnxruntime_without_its_packages_is_one_line(run_dir, monkeypatch):
     monkeypatch.setattr(autoslim.latency.timing.importlib.util, "find_spec",
                         lambda name: None if name == "onnxruntime" else object())
-    _one_line_error(_invoke("latency", run_dir, "--runtime", "onnxruntime"), "pip install 'autoslim[onnx]'")
+    line = _one_line_error(_invoke("latency", run_dir, "--runtime", "onnxruntime"), "pip install 'autoslim[onnx]'")
+    assert "onnxruntime" in line
 
 
 def test_search_under_latency_picks_within_the_predicted_budget(fresh_run, fake_timer, tmp_path):
@@ -155,7 +157,8 @@ def test_search_builds_the_model_on_demand(fresh_run, fake_timer, tmp_path):
 def test_search_refuses_an_unknown_runtime_in_one_line(run_dir, tmp_path):
     _one_line_error(_invoke("search", run_dir, "--latency", "1ms", "--runtime", "nope", "--out", tmp_path / "s"),
                     "unknown runtime 'nope'")
-    _one_line_error(_invoke("search", run_dir, "--latency", "soon", "--out", tmp_path / "s"), "cannot read latency")
+    line = _one_line_error(_invoke("search", run_dir, "--latency", "soon", "--out", tmp_path / "s"), "cannot read latency")
+    assert not (tmp_path / "s").exists() or not (tmp_path / "s" / "trajectory.csv").exists(), line
 
 
 def test_a_search_without_latency_resumes_as_before(run_dir, tmp_path):

@@ -87,13 +87,15 @@ def _check(model, share, size=64):
 
 @pytest.mark.parametrize("name,share", FAST, ids=[f[0] for f in FAST])
 def test_timm_model_converts(name, share):
-    _check(timm.create_model(name, pretrained=False, num_classes=10), share)
+    supernet = _check(timm.create_model(name, pretrained=False, num_classes=10), share)
+    assert supernet.cost(supernet.smallest_config()).macs < supernet.cost(supernet.largest_config()).macs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,name,share", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_timm_family_converts(family, name, share):
-    _check(timm.create_model(name, pretrained=False, num_classes=10), share)
+    supernet = _check(timm.create_model(name, pretrained=False, num_classes=10), share)
+    assert supernet.cost(supernet.smallest_config()).macs < supernet.cost(supernet.largest_config()).macs
 
 
 def test_timm_convnext_slices_its_norms_and_layer_scale_and_sorts_exactly():
