@@ -108,3 +108,37 @@ def test_signal_top1_and_ce_rank_by_their_own_drop(supernet, batch):
         for before, after in zip(steps, steps[1:]):
             lost = (before.accuracy - after.accuracy) if signal == "top1" else (after.loss - before.loss)
             assert after.score == pytest.approx(lost / (before.macs - after.macs))
+
+
+def _bare_scorer():
+    scorer = SlicedScorer.__new__(SlicedScorer)  # only the bound: no supernet needed
+    scorer.dropped = 0
+    return scorer
+
+
+def test_the_bound_compares_candidates_image_by_image():
+    # Two candidates whose drops vary a lot from image to image but move together: each mean alone is uncertain,
+    # their difference is not, so the one losing more per MAC is dropped; the same figures unpaired are kept.
+    generator = torch.Generator().manual_seed(0)
+    difficulty = torch.rand(400, generator=generator, dtype=torch.float64) * 10
+    now = [{"kl": torch.zeros(400, dtype=torch.float64)}]
+    seen = [[{"kl": difficulty}], [{"kl": difficulty * 1.05}]]
+    ranking = Ranking("kl", (1.0, 1.0))
+    assert _bare_scorer()._survivors([0, 1], seen, now, ranking, 3.0) == [0]
+    shuffled = [[{"kl": difficulty}], [{"kl": difficulty[torch.randperm(400, generator=generator)] * 1.05}]]
+    assert _bare_scorer()._survivors([0, 1], shuffled, now, ranking, 3.0) == [0, 1]
+
+
+def test_the_bound_keeps_a_larger_saving_whose_drop_may_be_negative():
+    # Steps that lose nothing rank by the saving: a candidate whose drop may be zero or less and that saves more
+    # than the leader could still win, however its ratio compares.
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(400, generator=generator, dtype=torch.float64)
+    now = [{"kl": torch.zeros(400, dtype=torch.float64)}]
+    seen = [[{"kl": noise * 1e-3 - 1e-3}], [{"kl": noise * 1e-3}], [{"kl": noise * 1e-3}]]
+    ranking = Ranking("kl", (1.0, 2.0, 0.5))  # 0 leads (it surely gains); 1 and 2 may gain, 1 saves more, 2 less
+    scorer = _bare_scorer()
+    assert scorer._survivors([0, 1, 2], seen, now, ranking, 3.0) == [0, 1]
+    assert scorer.dropped == 1
+    nothing = Ranking("kl", (1.0, 0.0, 1.0))  # a candidate that saves nothing cannot win against one that saves
+    assert 1 not in _bare_scorer()._survivors([0, 1, 2], seen, now, nothing, 3.0)

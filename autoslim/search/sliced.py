@@ -5,9 +5,9 @@ A step's choice turns on small differences between candidates, so the search sco
 (about 1,000 each; BatchNorm uses each slice's own statistics, the paper's large-batch trick per slice) and
 scores the candidates one slice at a time, each slice with a :class:`autoslim.search.scoring.BatchScorer` that reuses the
 activations candidates share. Under ``drop-per-cost`` it measures, per image, what each candidate loses against the
-current network (paired differences, so the images' own difficulty cancels); after each slice, a candidate whose
-best plausible key (its mean drop minus ``confidence`` standard errors) is worse than the worst plausible key of
-some other candidate cannot win and is not scored on the remaining slices. The winner is always scored on every
+current network; after each slice, a candidate whose drop per unit saved exceeds the leader's by more than
+``confidence`` standard errors of their per-image difference (a paired comparison: the images' own difficulty
+cancels) cannot win and is not scored on the remaining slices. The winner is always scored on every
 image; ``confidence=None`` scores every candidate on every image (the exhaustive search).
 """
 
@@ -40,8 +40,9 @@ class SlicedScorer:
         slice_size: at most this many images per slice; the slices are of equal size (within one image).
         confidence: standard errors of the bound that drops candidates (None: score every candidate fully).
         reuse, calibration, cache_bytes: as for :class:`autoslim.search.scoring.BatchScorer` (``cache_bytes`` is shared
-            by the slices). With ``calibration``, BatchNorm statistics come from those batches and the images
-            form one slice.
+            equally by the slices; the default, 6 GiB, keeps the 5,000 held-out images of a 1.5x ResNet-20 between
+            steps from the first step, a slice of 1,024 needing 1.1 GB at full width). With ``calibration``,
+            BatchNorm statistics come from those batches and the images form one slice.
 
     Attributes:
         macs_executed: multiply-accumulates run so far (all slices), the measure of work.
@@ -54,7 +55,7 @@ class SlicedScorer:
 
     def __init__(self, supernet: Supernet, images: Tensor, labels: Tensor, *, slice_size: int = SLICE_SIZE,
                  confidence: Optional[float] = 3.0, reuse: bool = True, calibration: Optional[Sequence] = None,
-                 cache_bytes: int = 2 << 30) -> None:
+                 cache_bytes: int = 6 << 30) -> None:
         if slice_size < 1:
             raise ValueError(f"slice size must be at least 1, got {slice_size}")
         count = 1 if calibration is not None else math.ceil(len(images) / slice_size)
@@ -118,18 +119,40 @@ class SlicedScorer:
 
     def _survivors(self, active: list[int], seen: list[list[dict[str, Tensor]]], now: list[dict[str, Tensor]],
                    ranking: Ranking, bound: float) -> list[int]:
-        """The candidates that can still win, by a bound of ``bound`` standard errors on each one's mean drop."""
+        """The candidates that can still win: each is compared with the leader image by image.
+
+        The leader is the candidate with the best key so far. Another candidate is dropped when, on the images seen,
+        the mean over images of (its drop per unit saved minus the leader's) exceeds ``bound`` standard errors of
+        that paired difference, so that the images' own difficulty, which moves both alike, cancels. Because the
+        key puts steps that lose nothing first (:func:`criterion_key`), a larger ratio alone does not lose when both
+        drops may be negative: the candidate must also save no more than the leader, or one of the two drops must
+        be positive by the same bound. A candidate that saves nothing is dropped when another saves something.
+        """
         sign = 1.0 if ranking.signal == "top1" else -1.0  # top-1 is lost when it falls, CE and KL when they rise
-        lows, highs = {}, {}
+        drops = {i: torch.cat([sign * (now[s][ranking.signal] - seen[i][s][ranking.signal])
+                               for s in range(len(seen[i]))]) for i in active}
+        saved = ranking.saved
+        saving = [i for i in active if saved[i] > 0]
+        if not saving:
+            return active
+        leader = min(saving, key=lambda i: criterion_key(float(drops[i].mean()), saved[i]))
+        count = len(drops[leader])
+
+        def surely_positive(values: Tensor) -> bool:
+            return count > 1 and float(values.mean()) - bound * float(values.std()) / math.sqrt(count) > 0
+
+        lead_ratio = drops[leader] / saved[leader]
+        kept = []
         for i in active:
-            parts = len(seen[i])
-            drop = torch.cat([sign * (now[s][ranking.signal] - seen[i][s][ranking.signal]) for s in range(parts)])
-            mean = float(drop.mean())
-            error = bound * float(drop.std()) / math.sqrt(len(drop)) if len(drop) > 1 else math.inf
-            lows[i] = criterion_key(mean - error, ranking.saved[i])
-            highs[i] = criterion_key(mean + error, ranking.saved[i])
-        ceiling = min(highs.values())
-        kept = [i for i in active if lows[i] <= ceiling]
+            if i == leader:
+                kept.append(i)
+                continue
+            if saved[i] <= 0:
+                continue
+            worse = surely_positive(drops[i] / saved[i] - lead_ratio)
+            if worse and (saved[i] <= saved[leader] or surely_positive(drops[i]) or surely_positive(drops[leader])):
+                continue
+            kept.append(i)
         self.dropped += len(active) - len(kept)
         return kept
 
