@@ -7,7 +7,9 @@ Searches (all with the default criterion and signal unless --signal says otherwi
 - ``all``: every held-out image, every candidate scored on all of them (the exhaustive all-images search);
 - ``all-bound``: every held-out image, candidates that a 3-standard-error bound shows cannot win dropped after
   each slice (the default search);
-- ``plain``: ``all-bound`` without activation reuse (every candidate run from the input).
+- ``plain``: ``all-bound`` without activation reuse (every candidate run from the input);
+- ``all-bound-512``: ``all-bound`` in slices of 512 (``--slice 512``: a decision after every 512 images, BatchNorm
+  statistics of 512 images).
 
 For each it prints wall time, multiply-adds executed, candidate-images scored and candidates dropped, then the
 ratios to ``batch2048`` and whether ``all-bound`` made the same choices as ``all`` (the bound's only risk).
@@ -35,6 +37,7 @@ SEARCHES = {
     "all": dict(confidence=None),
     "all-bound": dict(),
     "plain": dict(reuse=False),
+    "all-bound-512": dict(slice_size=512),
 }
 
 
@@ -71,6 +74,8 @@ def main() -> None:
             if name != "batch2048":
                 print(f"{name} / batch2048: wall {result.work['seconds'] / base.work['seconds']:.2f}x, "
                       f"MACs {result.work['macs_executed'] / base.work['macs_executed']:.2f}x")
+    for name, result in results.items():  # without the exhaustive search: the steps the default search made
+        print(f"{name}: steps {' '.join(f'{s.unit}:{s.channels}' for s in result.steps[1:])}")
     if "all" in results and "all-bound" in results:
         same = [s.config for s in results["all"].steps] == [s.config for s in results["all-bound"].steps]
         print(f"all-bound made the same choices as all: {same}")
