@@ -16,7 +16,7 @@ Reopening a run (what ``autoslim search`` does)::
     run = load_run("runs/digits", device="cpu")   # run.supernet holds the trained weights
     data = run.load_data()                         # same dataset, data_dir, seed and search split
     run.supernet.set_config(config)
-    recalibrate(run.supernet, data.batches("train", 256, shuffle=True, device=run.device), 8)
+    recalibrate(run.supernet, data.batches("train", 256, shuffle=True, augment=True, device=run.device), 8)
     accuracy, loss = evaluate(run.supernet, data.batches("search", 500, device=run.device))
 
 :class:`Run` also carries ``settings`` (:class:`~autoslim.training.settings.TrainSettings`), ``space``

@@ -45,13 +45,13 @@ def _trajectory_macs(search_dir):
 
 
 def _reference(run_dir, channels, images):
-    """The supernet's outputs at ``channels`` with BatchNorm recalibrated as training's evaluation does it."""
+    """The supernet's outputs at ``channels``, BatchNorm recalibrated as training's evaluation does it (augmented)."""
     run = load_run(run_dir)
     data = run.load_data()
     run.supernet.set_config(channels)
     generator = torch.Generator().manual_seed(derive_seed("calibration", run.settings.seed))
     recalibrate(run.supernet, data.batches("train", min(run.settings.eval_batch_size, len(data.train)), shuffle=True,
-                                           generator=generator), run.settings.calib_batches)
+                                           augment=True, generator=generator), run.settings.calib_batches)
     with torch.no_grad():
         return run.supernet.eval()(images)
 

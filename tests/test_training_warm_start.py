@@ -228,7 +228,7 @@ def test_picks_of_a_supernet_from_a_trained_network_are_fine_tuned_from_it(fine_
     # it started from the supernet's weights, BatchNorm recalibrated as the retraining does it
     run = load_run(init_run[0])
     generator = torch.Generator().manual_seed(derive_seed("calibration", 0))
-    batches = data.batches("train", 256, shuffle=True, generator=generator)
+    batches = data.batches("train", 256, shuffle=True, augment=True, generator=generator)
     start = sliced_network(run.supernet, config.channels, batches, 8)
     assert summary["init_accuracy"] == round(_test_accuracy(start, data)[0], 6)
     assert f"sliced from {run_dir}: test accuracy {summary['init_accuracy']:.4f}" in " ".join(output.split())

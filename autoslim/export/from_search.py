@@ -103,7 +103,7 @@ def search_config(search_dir: str | os.PathLike, run: Run, *, target: Target | N
 def calibrated_static(run: Run, config: Mapping[str, int], data: Any) -> nn.Module:
     """The static network of ``config`` with the supernet's weights and BatchNorm statistics recalibrated for it.
 
-    Recalibration is the one training uses before evaluating a config (``calib_batches`` shuffled training
+    Recalibration is the one training uses before evaluating a config (``calib_batches`` shuffled, augmented training
     batches of ``eval_batch_size`` images, the same seed), so the result is reproducible. The supernet is
     left at ``config`` with those statistics, in eval mode.
     """
@@ -113,7 +113,7 @@ def calibrated_static(run: Run, config: Mapping[str, int], data: Any) -> nn.Modu
     supernet.set_config(supernet.validate_config(config))
     generator = torch.Generator().manual_seed(derive_seed("calibration", settings.seed))
     size = min(settings.eval_batch_size, len(data.train))
-    recalibrate(supernet, data.batches("train", size, shuffle=True, generator=generator, device=run.device),
+    recalibrate(supernet, data.batches("train", size, shuffle=True, augment=True, generator=generator, device=run.device),
                 settings.calib_batches)
     supernet.eval()
     return materialize(supernet).eval()

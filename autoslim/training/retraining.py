@@ -227,7 +227,7 @@ class _NetworkTrainer(Trainer):
         """Start from the supernet's weights at this config, BatchNorm recalibrated for it, and test that start."""
         generator = torch.Generator().manual_seed(derive_seed("calibration", self.settings.seed))
         size = min(self.settings.eval_batch_size, len(self.data.train))
-        batches = self.data.batches("train", size, shuffle=True, generator=generator, device=self.device)
+        batches = self.data.batches("train", size, shuffle=True, augment=True, generator=generator, device=self.device)
         with self._autocast():
             sliced = sliced_network(self.supernet, self.channels[0], batches, self.settings.calib_batches)
         self.network.load_state_dict(sliced.state_dict())
