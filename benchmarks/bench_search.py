@@ -5,8 +5,8 @@ Searches (all with the default criterion and signal unless --signal says otherwi
 
 - ``batch2048``: the first 2,048 held-out images, every candidate scored on all of them;
 - ``all``: every held-out image, every candidate scored on all of them (the exhaustive all-images search);
-- ``all-bound``: every held-out image, candidates that a 3-standard-error bound shows cannot win dropped after
-  each slice (the default search);
+- ``all-bound``: every held-out image, candidates that lose more per unit saved than the leader (by 3 standard errors
+  of their per-image difference) dropped after each slice (the default search);
 - ``plain``: ``all-bound`` without activation reuse (every candidate run from the input);
 - ``all-bound-512``: ``all-bound`` in slices of 512 (``--slice 512``: a decision after every 512 images, BatchNorm
   statistics of 512 images).

@@ -36,8 +36,9 @@ __all__ = ["search"]
               help="At most this many images per forward pass, BatchNorm using each slice's statistics; 0 scores "
                    "--eval-batch as one batch (autoslim 0.x; no KL).")
 @click.option("--exhaustive", is_flag=True,
-              help="Score every candidate on every image (by default a candidate that a 3-standard-error bound "
-                   "shows cannot win is not scored on the remaining slices).")
+              help="Score every candidate on every image (by default a candidate that loses more per unit saved "
+                   "than the leader, by 3 standard errors of their per-image difference, is not scored on the "
+                   "remaining slices).")
 @click.option("--calibration-batches", type=click.IntRange(min=0), default=0, show_default=True,
               help="Recalibrate BatchNorm on K training batches per candidate instead of batch statistics.")
 @click.option("--to-smallest", is_flag=True, help="Slim all the way to the smallest config.")

@@ -341,9 +341,9 @@ def _decided_by(settings: SearchSettings, work: dict[str, Any]) -> str:
     else:
         per = "MAC saved" if settings.criterion == "drop-per-mac" else "unit of the targeted cost saved"
         rule = f"the least held-out {signal} lost per {per}, steps that lose nothing first"
-    bound = (f"; candidates that a {settings.confidence:g}-standard-error bound showed could not win were not scored "
-             "on the remaining slices" if settings.confidence and settings.slice_size and settings.criterion != "accuracy"
-             else "")
+    bounded = settings.confidence and settings.slice_size and settings.criterion != "accuracy"
+    bound = (f"; candidates losing more per unit saved than the leader by {settings.confidence:g} standard errors of "
+             "their per-image difference were not scored on the remaining slices" if bounded else "")
     return f"{settings.criterion}: {rule}, on {work['batch']:,} held-out images with {bn}{bound}"
 
 
