@@ -23,7 +23,8 @@ def _made_up(tmp_path):
         "macs": 30_000_000, "params": 150_000, "latency": {"predicted_ms": 0.95, "measured_ms": 0.97}}}})
     _write(runs / "search" / "configs" / "latency-1ms.yaml", "channels: {conv1: 16}\n")
     for seed, accuracy in enumerate([0.84, 0.86]):
-        _write(runs / "retrain" / "latency-1ms" / f"seed{seed}" / "summary.json", {"accuracy": accuracy, "finished": True})
+        _write(runs / "retrain" / "latency-1ms" / f"seed{seed}" / "summary.json",
+               {"accuracy": accuracy, "finished": True})
     _write(runs / "retrain" / "latency-1ms" / "seed2" / "summary.json", {"accuracy": 0.1, "finished": False})
     # uniform networks: 0.55x (from a baseline) at 0.8 ms and 0.69x (a bracket) at 1.2 ms
     for seed, accuracy in enumerate([0.80, 0.82]):

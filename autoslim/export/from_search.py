@@ -113,8 +113,8 @@ def calibrated_static(run: Run, config: Mapping[str, int], data: Any) -> nn.Modu
     supernet.set_config(supernet.validate_config(config))
     generator = torch.Generator().manual_seed(derive_seed("calibration", settings.seed))
     size = min(settings.eval_batch_size, len(data.train))
-    recalibrate(supernet, data.batches("train", size, shuffle=True, augment=True, generator=generator, device=run.device),
-                settings.calib_batches)
+    batches = data.batches("train", size, shuffle=True, augment=True, generator=generator, device=run.device)
+    recalibrate(supernet, batches, settings.calib_batches)
     supernet.eval()
     return materialize(supernet).eval()
 

@@ -99,8 +99,8 @@ if rows:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| network | MACs | params | latency ms (predicted) | seeds | accuracy % (mean ± sd) | uniform line at its "
-             "latency | difference |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| network | MACs | params | latency ms (predicted) | seeds | accuracy % (mean ± sd) | uniform line at "
+             "its latency | difference |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         predicted = f" ({r['predicted_ms']:.3f})" if r["predicted_ms"] is not None else ""
         line = "" if r["uniform_at_latency"] is None else f"{r['uniform_at_latency']:.2f}"

@@ -54,7 +54,8 @@ def main() -> None:
     for r in range(args.rounds):
         for name, net in nets.items():
             rounds[name].append(measure_config(supernet, net["channels"], timer))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.3f} ms" for n, v in rounds.items()), flush=True)
+        timed = ", ".join(f"{n} {v[-1]:.3f} ms" for n, v in rounds.items())
+        print(f"round {r + 1}/{args.rounds}: {timed}", flush=True)
     rows = []
     for name, net in nets.items():
         cost = supernet.cost(net["channels"])
