@@ -9,12 +9,15 @@ Searches (all with the default criterion and signal unless --signal says otherwi
   of their per-image difference) dropped after each slice (the default search);
 - ``plain``: ``all-bound`` without activation reuse (every candidate run from the input);
 - ``all-bound-512``: ``all-bound`` in slices of 512 (``--slice 512``: a decision after every 512 images, BatchNorm
-  statistics of 512 images).
+  statistics of 512 images);
+- ``all-bound-512-2se``: ``all-bound-512`` with a bound of 2 standard errors.
 
 For each it prints wall time, multiply-adds executed, candidate-images scored and candidates dropped, then the
 ratios to ``batch2048`` and whether ``all-bound`` made the same choices as ``all`` (the bound's only risk).
 
-    python benchmarks/bench_search.py RUN [--flops 20M] [--threads 1] [--only batch2048,all-bound]
+    python benchmarks/bench_search.py RUN [--flops 20M ...] [--threads 1] [--only batch2048,all-bound] [--out DIR]
+
+``--out DIR`` keeps each search in DIR/NAME (a search folder like ``autoslim search`` writes).
 
 Figures, not a test.
 """
@@ -38,19 +41,21 @@ SEARCHES = {
     "all-bound": dict(),
     "plain": dict(reuse=False),
     "all-bound-512": dict(slice_size=512),
+    "all-bound-512-2se": dict(slice_size=512, confidence=2.0),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a supernet training run directory")
-    parser.add_argument("--flops", default="20M", help="MACs target (default 20M)")
+    parser.add_argument("--flops", action="append", help="MACs target, repeatable (default 20M)")
     parser.add_argument("--signal", default="kl")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="batch2048,all,all-bound", help="comma-separated searches to run")
+    parser.add_argument("--out", type=Path, help="keep each search in OUT/NAME (default: a temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    targets = parse_targets([args.flops], [])
+    targets = parse_targets(args.flops or ["20M"], [])
     names = args.only.split(",")
     unknown = [n for n in names if n not in SEARCHES]
     if unknown:
@@ -60,7 +65,7 @@ def main() -> None:
         for name in names:
             settings = SearchSettings(run=args.run, signal=args.signal, device="cpu", **SEARCHES[name])
             started = time.perf_counter()
-            result = search_run(settings, Path(scratch) / name, targets)
+            result = search_run(settings, (args.out or Path(scratch)) / name, targets)
             command = time.perf_counter() - started
             results[name] = result
             work = result.work
