@@ -32,13 +32,19 @@ __all__ = ["search"]
                    "or cross-entropy.")
 @click.option("--eval-batch", type=click.IntRange(min=1), metavar="N",
               help="Held-out images scored [default: all of the held-out split].")
-@click.option("--slice", "slice_size", type=click.IntRange(min=0), default=1024, show_default=True,
+@click.option("--slice", "slice_size", type=click.IntRange(min=0), default=512, show_default=True,
               help="At most this many images per forward pass, BatchNorm using each slice's statistics; 0 scores "
                    "--eval-batch as one batch (autoslim 0.x; no KL).")
-@click.option("--exhaustive", is_flag=True,
-              help="Score every candidate on every image (by default a candidate that loses more per unit saved "
-                   "than the leader, by 3 standard errors of their per-image difference, is not scored on the "
-                   "remaining slices).")
+@click.option("--bound", type=click.FloatRange(min=0), default=2.0, show_default=True, metavar="SE",
+              help="A candidate that loses more per unit saved than the leader, by SE standard errors of their "
+                   "per-image difference, is not scored on the remaining slices; 0 scores every candidate on every "
+                   "image.")
+@click.option("--indifference", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1, show_default=True,
+              metavar="FRACTION",
+              help="With --bound, a candidate that cannot beat the leader by more than this fraction of the leader's "
+                   "loss per unit saved is not scored on the remaining slices either: near-ties are not split; 0 "
+                   "drops only candidates that cannot win.")
+@click.option("--exhaustive", is_flag=True, help="Score every candidate on every image (--bound 0).")
 @click.option("--calibration-batches", type=click.IntRange(min=0), default=0, show_default=True,
               help="Recalibrate BatchNorm on K training batches per candidate instead of batch statistics.")
 @click.option("--to-smallest", is_flag=True, help="Slim all the way to the smallest config.")
@@ -47,7 +53,7 @@ __all__ = ["search"]
 @click.option("--data-dir", type=click.Path(), help="Where the run's data lives now (default: as in training).")
 @click.option("--force", is_flag=True, help="Start over in an --out holding a search of other settings.")
 def search(run_dir, flops, params, latency, latency_device, runtime, latency_batch, threads, out_dir, criterion, signal,
-           eval_batch, slice_size, exhaustive, calibration_batches, to_smallest, no_reuse, device, data_dir,
+           eval_batch, slice_size, bound, indifference, exhaustive, calibration_batches, to_smallest, no_reuse, device, data_dir,
            force) -> None:
     """Slim the supernet trained in RUN greedily and write a config for every budget.
 
@@ -65,7 +71,8 @@ def search(run_dir, flops, params, latency, latency_device, runtime, latency_bat
     targets = parse_targets(flops, params, latency)
     settings = SearchSettings(run=str(run_dir), targets=tuple(t.label for t in targets), criterion=criterion,
                               signal=signal, eval_batch=eval_batch, slice_size=slice_size or None,
-                              confidence=None if exhaustive else 3.0, calibration_batches=calibration_batches,
+                              confidence=None if exhaustive or not bound else bound,
+                              indifference=indifference, calibration_batches=calibration_batches,
                               reuse=not no_reuse, to_smallest=to_smallest, device=device, latency_device=latency_device,
                               runtime=runtime, latency_batch=latency_batch, threads=threads)
     out = Path(out_dir) if out_dir else Path(run_dir) / "search"

@@ -127,3 +127,24 @@ def test_uniform_within_is_the_widest_fitting_width():
     assert supernet.cost(config).macs <= 30_000_000
     assert supernet.cost(supernet.uniform_config(width + 0.01)).macs > 30_000_000
     assert uniform_within(supernet, macs=1000) is None
+
+
+def test_cli_defaults_are_the_librarys_and_bound_reaches_the_search(run_dir, tmp_path):
+    from autoslim.search.sliced import CONFIDENCE, INDIFFERENCE, SLICE_SIZE
+    from cli.search import search
+
+    defaults = {option.name: option.default for option in search.params}
+    assert (defaults["slice_size"], defaults["bound"], defaults["indifference"]) == (SLICE_SIZE, CONFIDENCE, INDIFFERENCE)
+    settings = SearchSettings(run="r")
+    assert (settings.slice_size, settings.confidence, settings.indifference) == (SLICE_SIZE, CONFIDENCE, INDIFFERENCE)
+    for args, confidence in ((["--bound", "3"], 3.0), (["--bound", "0"], None), (["--exhaustive"], None)):
+        out = tmp_path / f"s{len(args)}{confidence}"
+        result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--out", str(out), *args])
+        assert result.exit_code == 0, result.output
+        saved = (out / "run.yaml").read_text()
+        assert f"confidence: {confidence if confidence else 'null'}" in saved, saved
+    out = tmp_path / "zone"
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--out", str(out), "--indifference", "0"])
+    assert result.exit_code == 0 and "indifference: 0.0" in (out / "run.yaml").read_text()
+    result = CliRunner().invoke(cli, ["search", str(run_dir), "--flops", "2M", "--out", str(out)])  # another zone
+    assert result.exit_code == 1 and "indifference: 0.0 -> 0.1" in result.output

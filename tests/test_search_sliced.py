@@ -61,7 +61,7 @@ def test_slices_use_their_own_batchnorm_statistics_and_average_per_image(superne
 def test_the_bound_keeps_the_exhaustive_trajectory_with_less_work(supernet, batch):
     images, labels = batch
     exhaustive = SlicedScorer(supernet, images, labels, slice_size=24, confidence=None)
-    bounded = SlicedScorer(supernet, images, labels, slice_size=24, confidence=3.0)
+    bounded = SlicedScorer(supernet, images, labels, slice_size=24, confidence=3.0, indifference=0.0)
     full = _search(supernet, exhaustive)
     fast = _search(supernet, bounded)
     assert [s.config for s in fast] == [s.config for s in full]
@@ -110,9 +110,9 @@ def test_signal_top1_and_ce_rank_by_their_own_drop(supernet, batch):
             assert after.score == pytest.approx(lost / (before.macs - after.macs))
 
 
-def _bare_scorer():
+def _bare_scorer(indifference=0.0):
     scorer = SlicedScorer.__new__(SlicedScorer)  # only the bound: no supernet needed
-    scorer.dropped = 0
+    scorer.dropped, scorer.indifference = 0, indifference
     return scorer
 
 
@@ -127,6 +127,22 @@ def test_the_bound_compares_candidates_image_by_image():
     assert _bare_scorer()._survivors([0, 1], seen, now, ranking, 3.0) == [0]
     shuffled = [[{"kl": difficulty}], [{"kl": difficulty[torch.randperm(400, generator=generator)] * 1.05}]]
     assert _bare_scorer()._survivors([0, 1], shuffled, now, ranking, 3.0) == [0, 1]
+
+
+def test_the_indifference_zone_drops_a_near_tie_that_the_bound_keeps():
+    # Candidate 1 loses 2% more per MAC than the leader, image by image, plus noise: the bound cannot tell them apart
+    # (it keeps 1), but it can tell that 1 is not 10% better than the leader, so the zone drops it; a candidate as
+    # good on average but far noisier stays, since it might still be 10% better.
+    generator = torch.Generator().manual_seed(2)
+    base = 1.0 + torch.rand(400, generator=generator, dtype=torch.float64)
+    noise = torch.randn(400, generator=generator, dtype=torch.float64) * 0.5
+    noise -= noise.mean()
+    now = [{"kl": torch.zeros(400, dtype=torch.float64)}]
+    seen = [[{"kl": base}], [{"kl": base * 1.02 + noise}], [{"kl": base + noise * 6}]]
+    ranking = Ranking("kl", (1.0, 1.0, 1.0))
+    assert _bare_scorer()._survivors([0, 1], seen, now, ranking, 2.0) == [0, 1]
+    assert _bare_scorer(0.1)._survivors([0, 1], seen, now, ranking, 2.0) == [0]
+    assert 2 in _bare_scorer(0.1)._survivors([0, 1, 2], seen, now, ranking, 2.0)
 
 
 def test_the_bound_keeps_a_larger_saving_whose_drop_may_be_negative():

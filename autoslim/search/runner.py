@@ -27,14 +27,16 @@ from ..channel_config import ChannelConfig, save_config
 from ..io import atomic_write, read_yaml, write_json, write_text, write_yaml
 from ..network.supernet import UNIFORM_WIDTHS, Supernet, uniform_within, widest_uniform
 from .greedy import CRITERIA, SIGNALS, Step, choice_leads, greedy_search
+from .sliced import CONFIDENCE, INDIFFERENCE, SLICE_SIZE
 from .targets import Limits, Target, check_targets, pick, stop_limits
 from .trajectory import append_step, pareto_front, read_trajectory
 
 __all__ = ["SearchSettings", "SearchResult", "search_run"]
 
-_TRAJECTORY_KEYS = ("run", "criterion", "signal", "eval_batch", "slice_size", "confidence", "calibration_batches", "seed",
-                    "latency_model")
-_BEFORE_1_0 = {"signal": "top1", "slice_size": None, "confidence": None}  # what searches of autoslim 0.x did
+_TRAJECTORY_KEYS = ("run", "criterion", "signal", "eval_batch", "slice_size", "confidence", "indifference",
+                    "calibration_batches", "seed", "latency_model")
+# what a search file without the key was made with: autoslim 0.x (no bound), then the bound without a zone
+_BEFORE_1_0 = {"signal": "top1", "slice_size": None, "confidence": None, "indifference": 0.0}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class SearchSettings:
             which measures no KL divergence).
         confidence: standard errors of the bound that stops scoring candidates that cannot win (None: score
             every candidate on every image).
+        indifference: with ``confidence``, also stop scoring a candidate that cannot beat the leader by more than
+            this fraction of the leader's drop per unit saved (0: no zone).
         latency_device, runtime, latency_batch, threads: what latency targets are measured on
             (:class:`autoslim.latency.LatencyKey`).
         latency_networks: whole networks timed to fit a latency model measured for this search.
@@ -65,8 +69,9 @@ class SearchSettings:
     criterion: str = "drop-per-cost"
     signal: str = "kl"
     eval_batch: Optional[int] = None
-    slice_size: Optional[int] = 1024
-    confidence: Optional[float] = 3.0
+    slice_size: Optional[int] = SLICE_SIZE
+    confidence: Optional[float] = CONFIDENCE
+    indifference: float = INDIFFERENCE
     calibration_batches: int = 0
     reuse: bool = True
     to_smallest: bool = False
@@ -97,6 +102,8 @@ class SearchSettings:
             raise ValueError(f"--slice must be at least 1, got {self.slice_size}")
         if self.confidence is not None and self.confidence <= 0:
             raise ValueError(f"the confidence bound must be positive, got {self.confidence}")
+        if not 0 <= self.indifference < 1:
+            raise ValueError(f"--indifference must be at least 0 and below 1, got {self.indifference}")
         if self.slice_size is None and self.criterion == "drop-per-cost" and self.signal == "kl":
             raise ValueError("the KL signal needs the sliced scorer: give a slice size, or --signal top1")
         if self.calibration_batches < 0:
@@ -190,6 +197,7 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
         scorer = BatchScorer(supernet, images, labels, reuse=settings.reuse, calibration=calibration)
     else:
         scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size, confidence=settings.confidence,
+                               indifference=settings.indifference,
                               reuse=settings.reuse, calibration=calibration)
     limits = Limits() if settings.to_smallest else stop_limits(targets)
     choices = {unit.name: unit.choices for unit in supernet.slimmable_units}
@@ -260,7 +268,12 @@ def _open_search(out: Path, settings: SearchSettings, start: dict[str, int], *, 
         raise ValueError(f"{out} exists and is not a directory")
     if trajectory.exists():
         saved = read_yaml(saved_path) if saved_path.exists() else {}
-        mismatched = [k for k in _TRAJECTORY_KEYS if str(saved.get(k, _BEFORE_1_0.get(k))) != str(getattr(settings, k))]
+        before = {k: saved.get(k, _BEFORE_1_0.get(k)) for k in _TRAJECTORY_KEYS}
+        now = {k: getattr(settings, k) for k in _TRAJECTORY_KEYS}
+        for values in (before, now):  # without a bound, the zone decides nothing
+            if values["confidence"] is None or values["slice_size"] is None:
+                values["indifference"] = None
+        mismatched = [k for k in _TRAJECTORY_KEYS if str(before[k]) != str(now[k])]
         if mismatched and not force:
             changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}" for k in mismatched)
             raise ValueError(f"{out} holds a search with other settings ({changes}); use another --out or --force")
@@ -342,8 +355,9 @@ def _decided_by(settings: SearchSettings, work: dict[str, Any]) -> str:
         per = "MAC saved" if settings.criterion == "drop-per-mac" else "unit of the targeted cost saved"
         rule = f"the least held-out {signal} lost per {per}, steps that lose nothing first"
     bounded = settings.confidence and settings.slice_size and settings.criterion != "accuracy"
-    bound = (f"; candidates losing more per unit saved than the leader by {settings.confidence:g} standard errors of "
-             "their per-image difference were not scored on the remaining slices" if bounded else "")
+    zone = (f" or unable to beat it by more than {settings.indifference:.0%}" if settings.indifference else "")
+    bound = (f"; candidates losing more per unit saved than the leader{zone}, by {settings.confidence:g} standard "
+             "errors of their per-image difference, were not scored on the remaining slices" if bounded else "")
     return f"{settings.criterion}: {rule}, on {work['batch']:,} held-out images with {bn}{bound}"
 
 

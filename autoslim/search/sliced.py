@@ -2,13 +2,15 @@
 
 A step's choice turns on small differences between candidates, so the search scores them on all held-out images
 (5,000 for CIFAR's default split), not on one batch of 2,048. :class:`SlicedScorer` splits the images into slices
-(about 1,000 each; BatchNorm uses each slice's own statistics, the paper's large-batch trick per slice) and
+(about 500 each; BatchNorm uses each slice's own statistics, the paper's large-batch trick per slice) and
 scores the candidates one slice at a time, each slice with a :class:`autoslim.search.scoring.BatchScorer` that reuses the
 activations candidates share. Under ``drop-per-cost`` it measures, per image, what each candidate loses against the
 current network; after each slice, a candidate whose drop per unit saved exceeds the leader's by more than
 ``confidence`` standard errors of their per-image difference (a paired comparison: the images' own difficulty
-cancels) cannot win and is not scored on the remaining slices. The winner is always scored on every
-image; ``confidence=None`` scores every candidate on every image (the exhaustive search).
+cancels) cannot win and is not scored on the remaining slices. With an ``indifference`` zone, a candidate is also
+dropped once the same bound shows it cannot beat the leader by more than that fraction of the leader's drop per unit
+saved: near-ties are not worth the images it takes to split them. The winner is always scored on every image;
+``confidence=None`` scores every candidate on every image (the exhaustive search).
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ from ..network.supernet import Supernet
 from .greedy import Ranking, Score, criterion_key
 from .scoring import BatchScorer
 
-__all__ = ["SlicedScorer", "SLICE_SIZE"]
+__all__ = ["SlicedScorer", "SLICE_SIZE", "CONFIDENCE", "INDIFFERENCE"]
 
-SLICE_SIZE = 1024
+SLICE_SIZE = 512
 """The most held-out images per forward pass (and per set of BatchNorm batch statistics)."""
+
+CONFIDENCE = 2.0
+"""Standard errors of the paired bound that stops scoring a candidate that cannot win (benchmarks/README.md)."""
+
+INDIFFERENCE = 0.1
+"""How much better than the leader (a fraction of its drop per unit saved) a candidate must be able to be to stay."""
 
 
 class SlicedScorer:
@@ -39,9 +47,11 @@ class SlicedScorer:
         labels: their labels.
         slice_size: at most this many images per slice; the slices are of equal size (within one image).
         confidence: standard errors of the bound that drops candidates (None: score every candidate fully).
+        indifference: with ``confidence``, also drop a candidate that cannot beat the leader by more than this
+            fraction of the leader's drop per unit saved (0: only candidates that cannot win).
         reuse, calibration, cache_bytes: as for :class:`autoslim.search.scoring.BatchScorer` (``cache_bytes`` is shared
             equally by the slices; the default, 6 GiB, keeps the 5,000 held-out images of a 1.5x ResNet-20 between
-            steps from the first step, a slice of 1,024 needing 1.1 GB at full width). With ``calibration``,
+            steps from the first step, a slice of 500 needing 0.55 GB at full width). With ``calibration``,
             BatchNorm statistics come from those batches and the images form one slice.
 
     Attributes:
@@ -54,7 +64,7 @@ class SlicedScorer:
     accepts_ranking = True  # greedy_search passes what decides the step, so that losers can be dropped
 
     def __init__(self, supernet: Supernet, images: Tensor, labels: Tensor, *, slice_size: int = SLICE_SIZE,
-                 confidence: Optional[float] = 3.0, reuse: bool = True, calibration: Optional[Sequence] = None,
+                 confidence: Optional[float] = CONFIDENCE, indifference: float = INDIFFERENCE, reuse: bool = True, calibration: Optional[Sequence] = None,
                  cache_bytes: int = 6 << 30) -> None:
         if slice_size < 1:
             raise ValueError(f"slice size must be at least 1, got {slice_size}")
@@ -62,6 +72,7 @@ class SlicedScorer:
         bounds = [round(i * len(images) / count) for i in range(count + 1)]
         self.supernet = supernet
         self.confidence = confidence
+        self.indifference = indifference
         self.slices = [BatchScorer(supernet, images[a:b], labels[a:b], reuse=reuse, calibration=calibration,
                                    cache_bytes=cache_bytes // count) for a, b in zip(bounds, bounds[1:])]
         self.labels = [labels[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -123,7 +134,9 @@ class SlicedScorer:
 
         The leader is the candidate with the best key so far. Another candidate is dropped when, on the images seen,
         the mean over images of (its drop per unit saved minus the leader's) exceeds ``bound`` standard errors of
-        that paired difference, so that the images' own difficulty, which moves both alike, cancels. Because the
+        that paired difference, so that the images' own difficulty, which moves both alike, cancels; with an
+        indifference zone, when it exceeds minus ``indifference`` times the leader's mean drop per unit saved by
+        as much (the candidate cannot be better than the leader by more than the zone). Because the
         key puts steps that lose nothing first (:func:`criterion_key`), a larger ratio alone does not lose when both
         drops may be negative: the candidate must also save no more than the leader, or one of the two drops must
         be positive by the same bound. A candidate that saves nothing is dropped when another saves something.
@@ -142,6 +155,7 @@ class SlicedScorer:
             return count > 1 and float(values.mean()) - bound * float(values.std()) / math.sqrt(count) > 0
 
         lead_ratio = drops[leader] / saved[leader]
+        zone = self.indifference * abs(float(lead_ratio.mean()))
         kept = []
         for i in active:
             if i == leader:
@@ -149,7 +163,7 @@ class SlicedScorer:
                 continue
             if saved[i] <= 0:
                 continue
-            worse = surely_positive(drops[i] / saved[i] - lead_ratio)
+            worse = surely_positive(drops[i] / saved[i] - lead_ratio + zone)
             if worse and (saved[i] <= saved[leader] or surely_positive(drops[i]) or surely_positive(drops[leader])):
                 continue
             kept.append(i)

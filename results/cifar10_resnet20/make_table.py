@@ -57,9 +57,12 @@ for name, target_name in copied:
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-default_search = runs / "default" / "search"
-if (default_search / "summary.json").exists():  # autoslim's default search (reproduce.sh stage `default`)
-    variant_searches.append(default_search)
+# autoslim's default search (reproduce.sh stage `default`), and the default until 2026-12-07 (slices of 1,024, a
+# 3-standard-error bound: DEFAULTS["default_1024"]), whose run folder the stage no longer writes
+DEFAULTS = {"default": "", "default_1024": " --slice 1024 --bound 3"}
+for name in DEFAULTS:
+    if (runs / name / "search" / "summary.json").exists():
+        variant_searches.append(runs / name / "search")
 for search in variant_searches:  # finished: a search writes its summary last
     target = results / search.relative_to(runs)
     (target / "configs").mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,8 @@ collect("retrain/flops-*", "retrain", lambda s: s.get("finished") and (s.get("ba
 collect("bracket/uniform-*x", "bracket", lambda s: s.get("finished"))
 for variant in sorted(runs.glob("variants/*")):
     collect(f"variants/{variant.name}/retrain/flops-*", f"variants/{variant.name}/retrain", lambda s: s.get("finished"))
-collect("default/retrain/flops-*", "default/retrain", lambda s: s.get("finished"))
+for name in DEFAULTS:
+    collect(f"{name}/retrain/flops-*", f"{name}/retrain", lambda s: s.get("finished"))
 for config in sorted(runs.glob("bracket/uniform-*x.yaml")):  # autoslim cost --width W --save-config
     if (results / "bracket" / config.stem).is_dir():
         shutil.copyfile(config, results / "bracket" / config.name)
@@ -294,10 +298,10 @@ def variants(rows: list[dict], brackets: list[dict]) -> list[dict]:
     return table
 
 
-def default(rows: list[dict], brackets: list[dict]) -> list[str]:
-    """RESULTS/default.csv and its markdown lines: autoslim's default search (RESULTS/default), each config's mean test
+def default(rows: list[dict], brackets: list[dict], name: str = "default") -> list[str]:
+    """RESULTS/NAME.csv and its markdown lines: autoslim's default search (RESULTS/NAME), each config's mean test
     accuracy over its seeds against the uniform line at its MACs (as line.csv computes it)."""
-    summary_path = results / "default" / "search" / "summary.json"
+    summary_path = results / name / "search" / "summary.json"
     points = uniform_points(rows, brackets)
     if not summary_path.exists() or len(points) < 2:
         return []
@@ -305,7 +309,7 @@ def default(rows: list[dict], brackets: list[dict]) -> list[str]:
     summary = json.loads(summary_path.read_text())
     table = []
     for budget, target in sorted(summary["targets"].items(), key=lambda item: parse_budget(item[0][6:])):
-        trained = [json.loads(p.read_text()) for p in sorted((results / "default" / "retrain" / budget).glob("seed*.json"))]
+        trained = [json.loads(p.read_text()) for p in sorted((results / name / "retrain" / budget).glob("seed*.json"))]
         if not trained:
             continue
         mean, sd = stats(trained)
@@ -315,7 +319,7 @@ def default(rows: list[dict], brackets: list[dict]) -> list[str]:
                       "diff_macs": round(mean - at, 2)})
     if not table:
         return []
-    return write("default", table, ["budget", "MACs", "params", "seeds", "accuracy % (mean ± sd)",
+    return write(name, table, ["budget", "MACs", "params", "seeds", "accuracy % (mean ± sd)",
                                     "uniform line at its MACs", "difference"],
                  lambda r: [r["budget"], millions(r["macs"]), thousands(r["params"]), str(r["seeds"]),
                             f"{r['acc_mean']:.2f} ± {r['acc_sd']:.2f}", f"{r['uniform_at_macs']:.2f}",
@@ -408,6 +412,10 @@ if default_lines:
 default_stage_lines = stages(results / "default" / "search" / "trajectory.csv", "default/stages")
 if default_stage_lines:
     lines += ["", "Steps of the default search by stage:", ""] + default_stage_lines
+old_default_lines = default(rows, brackets, "default_1024")
+if old_default_lines:
+    lines += ["", "The default search until 2026-12-07 (`autoslim search" + DEFAULTS["default_1024"] + "`), each config "
+              "retrained, against the uniform line at its MACs:", ""] + old_default_lines
 line_lines = against_line(rows, brackets)
 if line_lines:
     lines += ["", "Each searched config against the straight line through the retrained uniform networks (\">=\": beyond "
