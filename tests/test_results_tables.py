@@ -86,6 +86,20 @@ def test_default_csv_sets_the_default_search_against_the_uniform_line(tmp_path):
     assert text[1:] == ["16M,15000000,60000,2,76.0,1.41,72.5,3.5"]
     assert (results / "default" / "retrain" / "flops-16M" / "seed1.json").is_file()
     assert not (results / "default" / "retrain" / "flops-26M").exists()  # unfinished: not collected
+    assert not (results / "default_1024.csv").exists()
+
+    # the previous default's folder gets its own table; a retraining of other channels than its pick is refused
+    _write(results / "default_1024" / "search" / "summary.json", {"targets": {"flops-16M": targets["flops-16M"]}})
+    _write(results / "default_1024" / "search" / "configs" / "flops-16M.yaml", "channels: {conv1: 8}\n")
+    _write(results / "default_1024" / "retrain" / "flops-16M" / "seed0.json",
+           dict(_summary(0.74, 15_000_000, 60_000), channels={"conv1": 8}, seed=0))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (results / "default_1024.csv").read_text().splitlines()[1] == "16M,15000000,60000,1,74.0,0.0,72.5,1.5"
+    _write(results / "default_1024" / "retrain" / "flops-16M" / "seed1.json",
+           dict(_summary(0.74, 15_000_000, 60_000), channels={"conv1": 16}, seed=1))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results)], capture_output=True, text=True)
+    assert done.returncode != 0 and "seeds [1] trained other channels" in done.stderr
 
 
 def test_a_supernet_searched_only_by_variants_goes_beside_them(tmp_path):
@@ -181,11 +195,16 @@ def test_the_results_readme_copies_its_tables_from_table_md():
 
 
 def test_every_accuracy_quoted_in_the_readmes_is_a_measured_one():
-    # prose quotes retrained accuracies as "mean ± sd"; each must be a figure of table.md, in the results README and
-    # in the top-level one, so a retraining rerun that moves a mean leaves no stale copy behind
+    # prose quotes retrained accuracies as "mean ± sd"; each must be a figure of table.md, in the results README, and
+    # of some results folder's table.md in the top-level one, so a rerun that moves a mean leaves no stale copy behind
     folder = SCRIPT.parent
-    measured = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", (folder / "table.md").read_text()))
-    for readme, at_least in ((folder / "README.md", 10), (folder.parents[1] / "README.md", 0)):
-        quoted = set(re.findall(r"\d+\.\d+ ± \d+\.\d+", readme.read_text()))
+
+    def figures(path):
+        return set(re.findall(r"\d+\.\d+ ± \d+\.\d+", path.read_text()))
+
+    every_table = set().union(*(figures(table) for table in folder.parent.glob("*/table.md")))
+    for readme, measured, at_least in ((folder / "README.md", figures(folder / "table.md"), 10),
+                                       (folder.parents[1] / "README.md", every_table, 0)):
+        quoted = figures(readme)
         assert len(quoted) >= at_least, readme  # the results README: the retrained networks at least
-        assert quoted <= measured, f"{readme.name}: not in table.md: {sorted(quoted - measured)}"
+        assert quoted <= measured, f"{readme.name}: not in a table.md: {sorted(quoted - measured)}"

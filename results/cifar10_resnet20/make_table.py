@@ -21,6 +21,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 from autoslim.budget import parse_budget
 from autoslim.checkpoint import CHECKPOINT_NAME, save_weights_only
 
@@ -310,6 +312,11 @@ def default(rows: list[dict], brackets: list[dict], name: str = "default") -> li
     table = []
     for budget, target in sorted(summary["targets"].items(), key=lambda item: parse_budget(item[0][6:])):
         trained = [json.loads(p.read_text()) for p in sorted((results / name / "retrain" / budget).glob("seed*.json"))]
+        config = results / name / "search" / target.get("config", "-")
+        channels = yaml.safe_load(config.read_text())["channels"] if config.is_file() else None
+        other = [t.get("seed") for t in trained if channels and t.get("channels", channels) != channels]
+        if other:  # a retraining of another network (say, of an earlier search) must not stand for this pick
+            raise SystemExit(f"{name}/retrain/{budget}: seeds {other} trained other channels than its config")
         if not trained:
             continue
         mean, sd = stats(trained)
