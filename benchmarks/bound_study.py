@@ -6,7 +6,7 @@ replays each rule slice by slice on those numbers: which candidates it would dro
 would score (the work), and whether the winner stays the exhaustive winner.
 
     python benchmarks/bound_study.py RUN TRAJECTORY --steps 0,10,20,30,40,50 --out runs/bound_study.pt
-    python benchmarks/bound_study.py --replay runs/bound_study.pt
+    python benchmarks/bound_study.py --replay runs/bound_study.pt [--every 500]
 
 Figures, not a test.
 """
@@ -84,14 +84,19 @@ def _candidate_macs(scorer, current, candidates) -> list[int]:
     return found
 
 
-def replay(path: str) -> None:
+def replay(path: str, every: int = 0) -> None:
     state = torch.load(path)
+    sizes = state["slices"]
+    if every:  # decisions every EVERY images (BatchNorm statistics stay those of the measured slices)
+        total = sum(sizes)
+        sizes = [every] * (total // every) + ([total % every] if total % every else [])
     bounds = [0]
-    for n in state["slices"]:
+    for n in sizes:
         bounds.append(bounds[-1] + n)
     rules = {"individual 3se": ("individual", 3.0, 0.0), "paired 3se": ("paired", 3.0, 0.0),
              "paired 2se": ("paired", 2.0, 0.0), "paired 3se e5%": ("paired", 3.0, 0.05),
-             "paired 3se e10%": ("paired", 3.0, 0.10), "paired 3se e20%": ("paired", 3.0, 0.2)}
+             "paired 3se e10%": ("paired", 3.0, 0.10), "paired 3se e20%": ("paired", 3.0, 0.2),
+             "paired 2se e5%": ("paired", 2.0, 0.05), "paired 2se e10%": ("paired", 2.0, 0.10)}
     totals = {name: [0, 0, 0, 0, 0] for name in rules}
     for record in state["steps"]:
         drops = record["kl"] - record["now"]  # per image: KL lost, candidates x images
@@ -178,13 +183,14 @@ def main() -> None:
     parser.add_argument("--steps", default="0,10,20,30,40,50")
     parser.add_argument("--out", default="runs/bound_study.pt")
     parser.add_argument("--replay")
+    parser.add_argument("--every", type=int, default=0, help="replay with a decision every N images")
     parser.add_argument("--lazy")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.lazy:
         lazy(args.lazy)
     elif args.replay:
-        replay(args.replay)
+        replay(args.replay, args.every)
     else:
         measure(args.run, args.trajectory, [int(s) for s in args.steps.split(",")], args.out)
         replay(args.out)
