@@ -59,9 +59,11 @@ for name, target_name in copied:
     if source.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-# autoslim's default search (reproduce.sh stage `default`), and the default until 2026-12-07 (slices of 1,024, a
-# 3-standard-error bound: DEFAULTS["default_1024"]), whose run folder the stage no longer writes
-DEFAULTS = {"default": "", "default_1024": " --slice 1024 --bound 3"}
+# autoslim's default search (reproduce.sh stage `default`), and the default until 2026-12-07 (DEFAULTS), whose run
+# folder the stage no longer writes
+DEFAULTS = {"default": "autoslim's default search",
+            "default_1024": "The default search until 2026-12-07 (slices of 1,024, each candidate's mean bounded alone "
+                            "by 3 standard errors, no zone)"}
 for name in DEFAULTS:
     if (runs / name / "search" / "summary.json").exists():
         variant_searches.append(runs / name / "search")
@@ -421,8 +423,8 @@ if default_stage_lines:
     lines += ["", "Steps of the default search by stage:", ""] + default_stage_lines
 old_default_lines = default(rows, brackets, "default_1024")
 if old_default_lines:
-    lines += ["", "The default search until 2026-12-07 (`autoslim search" + DEFAULTS["default_1024"] + "`), each config "
-              "retrained, against the uniform line at its MACs:", ""] + old_default_lines
+    lines += ["", DEFAULTS["default_1024"] + ", each config retrained, against the uniform line at its MACs:", ""] + \
+        old_default_lines
 line_lines = against_line(rows, brackets)
 if line_lines:
     lines += ["", "Each searched config against the straight line through the retrained uniform networks (\">=\": beyond "

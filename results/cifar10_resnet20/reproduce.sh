@@ -43,7 +43,9 @@ VARIANTS=${VARIANTS:-"drop-per-mac batch5000"}
 # they searched so far (VARIANT_SUPERNET=results/cifar10_resnet20/variants/supernet), which needs no training
 VARIANT_SUPERNET=${VARIANT_SUPERNET:-$RUNS/supernet}
 # default: autoslim search with its defaults only, on the committed weights-only supernet (or DEFAULT_SUPERNET),
-# each config retrained for every seed against the uniform line of the retrained uniform widths
+# each config retrained for every seed against the uniform line of the retrained uniform widths. The committed
+# default/search is the one benchmarks/bench_search.py kept (--only batch2048,default --out: the same settings);
+# default_1024/ holds the default search until 2026-12-07 and its retrainings (this stage no longer makes it).
 DEFAULT_SUPERNET=${DEFAULT_SUPERNET:-$RESULTS/variants/supernet}
 # The searches of autoslim 0.x (the first search and the variants) scored one batch of 2,048 held-out images
 # with BatchNorm statistics of that batch, under the paper's accuracy criterion unless a variant says otherwise.
