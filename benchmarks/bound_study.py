@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-from pathlib import Path
 
 import torch
 
