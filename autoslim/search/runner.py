@@ -197,7 +197,7 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
         scorer = BatchScorer(supernet, images, labels, reuse=settings.reuse, calibration=calibration)
     else:
         scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size, confidence=settings.confidence,
-                               indifference=settings.indifference,
+                              indifference=settings.indifference,
                               reuse=settings.reuse, calibration=calibration)
     limits = Limits() if settings.to_smallest else stop_limits(targets)
     choices = {unit.name: unit.choices for unit in supernet.slimmable_units}
