@@ -56,3 +56,33 @@ def test_the_pick_is_set_against_the_uniform_line_at_its_latency(tmp_path):
     assert (results / "check.txt").is_file() and (results / "search" / "configs" / "latency-1ms.yaml").is_file()
     assert "| latency-1ms | 30.00M | 150.0k | 1.000 (0.950) | 2 | 85.00 ± 1.41 | 83.00 | +2.00 |" in \
         (results / "table.md").read_text()
+
+
+def _compare_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_latency_search.py"
+    spec = importlib.util.spec_from_file_location("compare_latency_search", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_macs_search_step_of_equal_latency_is_the_first_one_measured_within_it():
+    first_within = _compare_module().first_within
+    measured = []
+
+    def latency(values):
+        def measure(i):
+            measured.append(i)
+            return values[i]
+        return measure
+
+    falling = [10.0 - i for i in range(10)]  # 10, 9, ..., 1 ms
+    assert first_within(latency(falling), 5.5, len(falling), window=0) == 5
+    assert len(set(measured)) <= 5  # bisected, not scanned
+    # measured latency need not fall at every step: a later step above the budget does not move the answer, and an
+    # earlier one within it that bisection skipped is found by the window
+    bumpy = [10, 9, 5, 8, 7, 5, 4, 6, 3, 2]
+    assert first_within(latency(bumpy), 5.5, len(bumpy), window=0) == 5
+    assert first_within(latency(bumpy), 5.5, len(bumpy), window=3) == 2

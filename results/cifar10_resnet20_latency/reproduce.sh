@@ -2,7 +2,8 @@
 # results/cifar10_resnet20_latency: autoslim's search under a measured-latency budget (CPU, torch, batch 1, one
 # thread) on the committed ResNet-20 supernet of results/cifar10_resnet20, its pick timed again in a fresh process,
 # retrained from scratch with the recipe of results/cifar10_resnet20 (15 epochs, seeds 0 and 1), and compared with
-# the uniform networks retrained there, every one timed the same way: the uniform line at the pick's latency.
+# the uniform networks retrained there, every one timed the same way: the uniform line at the pick's latency; and,
+# by supernet score, against the MACs search's network and the uniform network of equal measured latency (compare).
 # Every stage resumes where it stopped: re-run this script after an interruption.
 #
 #   results/cifar10_resnet20_latency/reproduce.sh                 # from the repository root, with the README's venv
@@ -22,7 +23,7 @@ DATA=${DATA:-data/cifar10.npz}
 RUNS=${RUNS:-runs/cifar10_resnet20_latency}
 RESULTS=results/cifar10_resnet20_latency
 SUPERNET=results/cifar10_resnet20/variants/supernet   # the committed weights-only supernet (no training)
-STAGES=${STAGES:-"search check retrain time table"}
+STAGES=${STAGES:-"search check retrain time compare table"}
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 if [ ! -f "$DATA" ]; then
@@ -68,6 +69,14 @@ fi
 if has_stage time; then
   log "timing the pick and every retrained uniform network (batch 1, one thread, torch)"
   "$PYTHON" "$RESULTS/time_networks.py" "$RUNS/supernet" "$RUNS" "$RUNS/latency.csv"
+fi
+
+if has_stage compare; then
+  # the MACs search of the same protocol (slices of 1,024, 3 s.e.: the default when the latency search ran)
+  log "compare: the pick, the MACs search and the uniform network at equal measured latency, by supernet score"
+  "$PYTHON" benchmarks/compare_latency_search.py "$RUNS/search" results/cifar10_resnet20/default_1024/search \
+    --label "latency-$LATENCY" --clock thread --rounds 7 --data-dir "$DATA" --csv "$RESULTS/compare.csv" \
+    | tee "$RESULTS/compare.txt"
 fi
 
 if has_stage table; then
