@@ -14,6 +14,9 @@ width instead), exports and times each whole network, and prints per runtime and
     python benchmarks/bench_latency.py [--space resnet20_cifar | --run RUN] [--runtimes torch onnxruntime]
         [--batches 1 32] [--threads 1] [--networks 24] [--held-out 30] [--json results/latency.json]
 
+``--again JSON`` times the held-out networks of an earlier ``--json`` once more and prints how well the two timings
+agree (Spearman, median difference): no model can rank the networks better than their timings repeat.
+
 Timings are taken like a benchmark (warm-up, median of repeats, pinned threads, the network exported as the user runs
 it: TorchScript for torch, the ONNX file for onnxruntime); run it on an otherwise idle machine. Figures, not a test.
 """
@@ -76,6 +79,23 @@ def held_out_configs(supernet, count: int, exclude, seed: int, spread: bool):
     return configs
 
 
+def again(supernet, settings: TimingSettings, path: str) -> None:
+    """Time every held-out network of an earlier run once more, per runtime and batch, and compare the two timings."""
+    earlier = json.loads(open(path).read())
+    print(f"the held-out networks of {path} timed again ({settings.clock} clock, {settings.statistic} of "
+          f"{settings.repeats} repeats)")
+    print("| runtime | batch | threads | Spearman of the two timings | median difference | p90 difference |")
+    print("|---|---|---|---|---|---|")
+    for row in earlier["results"]:
+        timer = make_timer(LatencyKey(row["device"], row["runtime"], row["batch"], row["threads"]), settings)
+        first = [n["measured_ms"] for n in row["networks"]]
+        second = [measure_config(supernet, n["config"], timer) for n in row["networks"]]
+        difference = errors(second, first)
+        print(f"| {row['runtime']} | {row['batch']} | {row['threads']} | {spearman(first, second):.3f} | "
+              f"{100 * statistics.median(difference):.1f}% | {100 * float(np.percentile(difference, 90)):.1f}% |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -97,6 +117,8 @@ def main() -> None:
                              "model on a machine shared with other work, where wall times are not the network's")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out configs (the fit uses 0)")
     parser.add_argument("--json", help="also write every figure (and every held-out network) to this file")
+    parser.add_argument("--again", metavar="JSON", help="time the held-out networks of an earlier --json once more and "
+                        "print how well the two timings agree: the ceiling of any model on this machine")
     args = parser.parse_args()
 
     if args.run:
@@ -108,6 +130,9 @@ def main() -> None:
 
         supernet, source = build_supernet(load_space(args.space)).eval(), args.space
     settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic, clock=args.clock)
+    if args.again:
+        again(supernet, settings, args.again)
+        return
     print(f"{source}: {len(supernet.slimmable_units)} slimmable units; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads available; {args.networks} fit networks, {args.held_out} held-out "
           f"configs, {args.statistic} of {args.repeats} repeats, {args.clock} clock", flush=True)

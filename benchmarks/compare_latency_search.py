@@ -12,15 +12,15 @@ than a width multiplier) once all of them run equally fast on the device? For th
 3. bisects the uniform widths for the widest uniform network measured within the pick's latency,
 4. times these networks, with the step and the uniform width just above them, in ``--rounds`` interleaved rounds
    (each keeps its median, so that a drift of the machine touches all alike),
-5. scores each with the supernet on every held-out image, the same way for all (slices of the latency search's
-   size, each slice's own BatchNorm statistics, no early stopping): top-1 accuracy, cross-entropy and the KL
-   divergence from the largest config's predictions,
+5. scores each with the supernet on every held-out image (or the first ``--images``), the same way for all
+   (slices of the latency search's size, each slice's own BatchNorm statistics, no early stopping): top-1
+   accuracy, cross-entropy and the KL divergence from the largest config's predictions,
 
 and prints a table (``--csv`` also writes it). The supernet score ranks the networks the way the search sees them;
 retraining decides what they are worth (``results/cifar10_resnet20_latency`` does that for ResNet-20).
 
     python benchmarks/compare_latency_search.py LATENCY_SEARCH MACS_SEARCH [--label latency-2.5ms] [--run RUN]
-        [--clock wall|thread] [--rounds 5] [--window 3] [--data-dir DATA] [--csv OUT.csv]
+        [--clock wall|thread] [--rounds 5] [--window 3] [--images N] [--data-dir DATA] [--csv OUT.csv]
 
 ``--clock thread`` times the CPU time of the timing thread (one thread only), for a machine that runs other work.
 """
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--window", type=int, default=3, help="steps either side of the crossing measured")
     parser.add_argument("--decide", type=int, default=3, help="measurements (their median) behind each choice")
+    parser.add_argument("--images", type=int, help="score the first N held-out images only (default: all)")
     parser.add_argument("--data-dir", help="where the run's data lives now")
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args()
@@ -131,7 +132,7 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in rounds.items()), flush=True)
 
     data = run.load_data(data_dir=args.data_dir)
-    size = len(data.split("search"))
+    size = min(args.images or len(data.split("search")), len(data.split("search")))
     images, labels = next(iter(data.batches("search", size, shuffle=False, augment=False, device="cpu")))
     scorer = SlicedScorer(supernet, images, labels, slice_size=settings.get("slice_size") or 512, confidence=None)
     rows = []
