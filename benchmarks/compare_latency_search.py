@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -38,10 +39,17 @@ import torch
 from autoslim.channel_config import load_config
 from autoslim.checkpoint import load_run
 from autoslim.io import read_yaml
-from autoslim.latency import LatencyKey, TimingSettings, make_timer, measure_config
+from autoslim.latency import TimingSettings, make_timer, measure_config
 from autoslim.network.supernet import widest_uniform
+from autoslim.search.runner import SearchSettings
 from autoslim.search.sliced import SlicedScorer
 from autoslim.search.trajectory import read_trajectory
+
+
+def search_settings(saved: dict) -> SearchSettings:
+    """A search's run.yaml as its settings (keys of other versions left out)."""
+    names = {f.name for f in dataclasses.fields(SearchSettings)}
+    return SearchSettings(**{k: v for k, v in saved.items() if k in names})
 
 
 def first_within(latencies, budget: float, steps: int, window: int) -> int:
@@ -78,20 +86,19 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args()
 
-    settings = read_yaml(args.latency_search / "run.yaml")
+    settings = search_settings(read_yaml(args.latency_search / "run.yaml"))
     picks = sorted((args.latency_search / "configs").glob("latency-*.yaml"))
     if args.label:
         picks = [p for p in picks if p.stem == args.label]
     if len(picks) != 1:
         sys.exit(f"{args.latency_search}/configs: expected one latency pick (--label), found {[p.stem for p in picks]}")
     pick_path = picks[0]
-    run = load_run(args.run or settings["run"], device="cpu")
+    run = load_run(args.run or settings.run, device="cpu")
     supernet = run.supernet
     largest = supernet.largest_config()
     pick = supernet.validate_config(dict(load_config(pick_path).channels))
     macs_steps = read_trajectory(args.macs_search / "trajectory.csv", largest)
-    key = LatencyKey(settings.get("latency_device", "cpu"), settings.get("runtime", "torch"),
-                     settings.get("latency_batch", 1), settings.get("threads", 1))
+    key = settings.latency_key
     timer = make_timer(key, TimingSettings(repeats=args.repeats, clock=args.clock))
     print(f"{pick_path.stem} of {args.latency_search} against {args.macs_search} ({len(macs_steps)} steps), "
           f"{key.describe()}, {args.clock} clock", flush=True)
@@ -134,7 +141,7 @@ def main() -> None:
     data = run.load_data(data_dir=args.data_dir)
     size = min(args.images or len(data.split("search")), len(data.split("search")))
     images, labels = next(iter(data.batches("search", size, shuffle=False, augment=False, device="cpu")))
-    scorer = SlicedScorer(supernet, images, labels, slice_size=settings.get("slice_size") or 512, confidence=None)
+    scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size or 512, confidence=None)
     rows = []
     for name, config in networks.items():
         with torch.no_grad():
@@ -146,7 +153,7 @@ def main() -> None:
                      "accuracy": round(score.accuracy, 4), "loss": round(score.loss, 4),
                      "kl": round(score.kl, 4) if score.kl is not None else ""})
     print(f"\nheld-out images: {size}; latency: median of {args.rounds} interleaved rounds, each the "
-          f"{timer.settings.statistic if hasattr(timer, 'settings') else 'median'} of {args.repeats} runs\n")
+          f"median of {args.repeats} runs\n")
     print("| network | MACs | params | latency ms | held-out top-1 % | cross-entropy | KL from largest |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
