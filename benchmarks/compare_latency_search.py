@@ -5,13 +5,16 @@ than a width multiplier) once all of them run equally fast on the device? For th
 (``configs/latency-*.yaml``) the script
 
 1. measures the pick as a whole static network (the search's device, runtime, batch and threads),
-2. walks the trajectory of MACS_SEARCH (a search of the same supernet under ``--flops``) for the first step whose
-   measured latency is at most the pick's (bisection over the steps, then every step of a window around the
-   crossing, since measured latency is not strictly monotone along a trajectory; every choice rests on the median
-   of ``--decide`` measurements),
-3. bisects the uniform widths for the widest uniform network measured within the pick's latency,
-4. times these networks, with the step and the uniform width just above them, in ``--rounds`` interleaved rounds
-   (each keeps its median, so that a drift of the machine touches all alike),
+2. locates the neighbourhood of equal latency: the first step of MACS_SEARCH (a search of the same supernet under
+   ``--flops``) measured within the pick's latency (bisection over the steps, then every step of a window around
+   the crossing, since measured latency is not strictly monotone along a trajectory), and the widest uniform
+   network measured within it (bisection over the distinct uniform configs); each of these looks is the median of
+   ``--decide`` measurements,
+3. times the pick, ``--window`` steps and uniform networks either side of each crossing and the full network in
+   ``--rounds`` interleaved rounds (so that a drift of the machine touches all alike), and only then chooses, from
+   the medians of the rounds, the first step and the widest uniform network that ran within the pick's median
+   (one early look can be off by a third on a busy machine; the rounds are what the table reports),
+4. notes when a choice lies at the edge of its window (widen ``--window``),
 5. scores each with the supernet on every held-out image (or the first ``--images``), the same way for all
    (slices of the latency search's size, each slice's own BatchNorm statistics, no early stopping): top-1
    accuracy, cross-entropy and the KL divergence from the largest config's predictions,
@@ -33,6 +36,7 @@ import dataclasses
 import statistics
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -40,7 +44,7 @@ from autoslim.channel_config import load_config
 from autoslim.checkpoint import load_run
 from autoslim.io import read_yaml
 from autoslim.latency import TimingSettings, make_timer, measure_config
-from autoslim.network.supernet import widest_uniform
+from autoslim.network.supernet import last_accepted
 from autoslim.search.runner import SearchSettings
 from autoslim.search.sliced import SlicedScorer
 from autoslim.search.trajectory import read_trajectory
@@ -70,6 +74,23 @@ def first_within(latencies, budget: float, steps: int, window: int) -> int:
     return high
 
 
+def first_within_budget(names: list[str], medians: dict[str, float], budget: float) -> Optional[str]:
+    """The first of ``names`` (in order of preference) whose median latency is at most ``budget``; None if none is."""
+    return next((name for name in names if medians[name] <= budget), None)
+
+
+def uniform_ladder(supernet, resolution: float = 0.01) -> list[tuple[float, dict[str, int]]]:
+    """The distinct uniform configs of the supernet, narrowest first, each named by the narrowest width on the grid
+    of ``resolution`` that gives it (uniform 0.56x through 0.68x of a 1.5x ResNet-20 are one network: "0.56x")."""
+    ladder: list[tuple[float, dict[str, int]]] = []
+    for i in range(1, int(round(supernet.width_mult / resolution)) + 1):
+        width = round(i * resolution, 6)
+        config = supernet.uniform_config(width)
+        if not ladder or ladder[-1][1] != config:
+            ladder.append((width, config))
+    return ladder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("latency_search", type=Path, help="a search directory with a configs/latency-*.yaml pick")
@@ -79,7 +100,7 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "thread"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--window", type=int, default=3, help="steps either side of the crossing measured")
+    parser.add_argument("--window", type=int, default=3, help="MACs search steps and uniform networks either side of each crossing, timed in the rounds")
     parser.add_argument("--decide", type=int, default=3, help="measurements (their median) behind each choice")
     parser.add_argument("--images", type=int, help="score the first N held-out images only (default: all)")
     parser.add_argument("--data-dir", help="where the run's data lives now")
@@ -111,32 +132,43 @@ def main() -> None:
             cache[found] = statistics.median(measure_config(supernet, config, timer) for _ in range(args.decide))
         return cache[found]
 
-    budget = measure(pick)
-    print(f"pick measured at {budget:.3f} ms", flush=True)
-    if measure(macs_steps[-1].config) > budget:
-        sys.exit(f"the MACs search ends at {measure(macs_steps[-1].config):.3f} ms, above the pick's {budget:.3f} ms:"
-                 " continue it to a lower --flops")
-    index = first_within(lambda i: measure(macs_steps[i].config), budget, len(macs_steps), args.window)
-    uniform = widest_uniform(supernet, lambda config: measure(config) <= budget)
-    if uniform is None:
-        sys.exit(f"no uniform network runs within {budget:.3f} ms")
-    wider = next(((w, c) for w in [round(uniform[0] + 0.01 * i, 2) for i in range(1, 200)]
-                  if w <= supernet.width_mult + 1e-9
-                  for c in [supernet.uniform_config(w)] if c != uniform[1]), None)
+    # locate: the neighbourhood of equal latency, from a median of --decide measurements of each network
+    rough = measure(pick)
+    print(f"pick measured at {rough:.3f} ms (a first look; the rounds decide)", flush=True)
+    steps = len(macs_steps)
+    index = first_within(lambda i: measure(macs_steps[i].config), rough, steps, args.window) \
+        if measure(macs_steps[-1].config) <= rough else steps - 1
+    ladder = uniform_ladder(supernet)
+    within = (last_accepted(lambda i: measure(ladder[i - 1][1]) <= rough, len(ladder)) or 1) - 1
+    macs_names = {f"MACs search step {i}": macs_steps[i].config
+                  for i in range(max(0, index - args.window), min(steps, index + args.window + 1))}
+    uniform_names = {f"uniform {width:g}x": config for width, config in
+                     reversed(ladder[max(0, within - args.window):within + args.window + 1])}  # widest first
+    networks = {pick_path.stem: pick, **macs_names, **uniform_names, "full network": largest}
 
-    networks = {pick_path.stem: pick, f"MACs search step {index}": macs_steps[index].config}
-    if index > 0:
-        networks[f"MACs search step {index - 1} (one step wider)"] = macs_steps[index - 1].config
-    networks[f"uniform {uniform[0]:g}x"] = uniform[1]
-    if wider is not None:
-        networks[f"uniform {wider[0]:g}x (next wider)"] = wider[1]
-    networks["full network"] = largest
-
+    # time every candidate in interleaved rounds; choose from the medians of the rounds
     rounds: dict[str, list[float]] = {name: [] for name in networks}
     for r in range(args.rounds):
         for name, config in networks.items():
             rounds[name].append(measure_config(supernet, config, timer))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in rounds.items()), flush=True)
+    medians = {name: statistics.median(values) for name, values in rounds.items()}
+    budget = medians[pick_path.stem]
+    chosen_macs = first_within_budget(list(macs_names), medians, budget)
+    chosen_uniform = first_within_budget(list(uniform_names), medians, budget)
+    notes = []
+    if chosen_macs is None:
+        notes.append(f"no MACs search step of the window ran within the pick's {budget:.3f} ms: widen --window"
+                     " or continue the MACs search to a lower --flops")
+    elif chosen_macs == next(iter(macs_names)) and chosen_macs != "MACs search step 0":
+        notes.append("the window's first MACs search step ran within the pick's latency: widen --window")
+    if chosen_uniform is None:
+        notes.append(f"no uniform network of the window ran within the pick's {budget:.3f} ms: widen --window")
+    elif chosen_uniform == next(iter(uniform_names)) and uniform_names[chosen_uniform] != ladder[-1][1]:
+        notes.append("the window's widest uniform network ran within the pick's latency: widen --window")
+    roles = {pick_path.stem: "pick", "full network": "full"}
+    roles.update({chosen_macs: "MACs search, equal latency", chosen_uniform: "uniform, equal latency"})
+    roles.pop(None, None)
 
     data = run.load_data(data_dir=args.data_dir)
     size = min(args.images or len(data.split("search")), len(data.split("search")))
@@ -147,18 +179,20 @@ def main() -> None:
         with torch.no_grad():
             score = scorer(config, [(None, config)])[0]
         cost = supernet.cost(config)
-        rows.append({"network": name, "macs": cost.macs, "params": cost.params,
+        rows.append({"network": name, "role": roles.get(name, ""), "macs": cost.macs, "params": cost.params,
                      "latency_ms": round(statistics.median(rounds[name]), 4),
                      "rounds_ms": " ".join(f"{v:.4f}" for v in rounds[name]),
                      "accuracy": round(score.accuracy, 4), "loss": round(score.loss, 4),
                      "kl": round(score.kl, 4) if score.kl is not None else ""})
     print(f"\nheld-out images: {size}; latency: median of {args.rounds} interleaved rounds, each the "
           f"median of {args.repeats} runs\n")
-    print("| network | MACs | params | latency ms | held-out top-1 % | cross-entropy | KL from largest |")
-    print("|---|---|---|---|---|---|---|")
+    print("| network | chosen as | MACs | params | latency ms | held-out top-1 % | cross-entropy | KL from largest |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['network']} | {row['macs'] / 1e6:.2f}M | {row['params'] / 1e3:.1f}k | {row['latency_ms']:.3f} | "
+        print(f"| {row['network']} | {row['role']} | {row['macs'] / 1e6:.2f}M | {row['params'] / 1e3:.1f}k | {row['latency_ms']:.3f} | "
               f"{100 * row['accuracy']:.2f} | {row['loss']:.4f} | {row['kl']} |")
+    for note in notes:
+        print(f"note: {note}")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.csv.with_suffix(".tmp")

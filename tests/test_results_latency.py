@@ -86,3 +86,28 @@ def test_the_macs_search_step_of_equal_latency_is_the_first_one_measured_within_
     bumpy = [10, 9, 5, 8, 7, 5, 4, 6, 3, 2]
     assert first_within(latency(bumpy), 5.5, len(bumpy), window=0) == 5
     assert first_within(latency(bumpy), 5.5, len(bumpy), window=3) == 2
+
+
+def test_the_equal_latency_networks_are_chosen_from_the_medians_of_the_rounds():
+    first_within_budget = _compare_module().first_within_budget
+    # a step that looked slow early but whose rounds put it within the pick's median is chosen; a step whose one
+    # fast round does not move its median is not
+    medians = {"step 4": 2.3, "step 5": 2.05, "step 6": 1.9, "step 7": 1.5}
+    assert first_within_budget(["step 4", "step 5", "step 6", "step 7"], medians, 2.0) == "step 6"
+    assert first_within_budget(["step 4", "step 5", "step 6", "step 7"], medians, 2.05) == "step 5"
+    assert first_within_budget(["step 4", "step 5"], medians, 2.0) is None
+
+
+def test_the_uniform_ladder_holds_every_distinct_uniform_network_once():
+    from autoslim.spaces import build_supernet, load_space
+
+    supernet = build_supernet(load_space("resnet20_cifar"))
+    ladder = _compare_module().uniform_ladder(supernet)
+    widths = [w for w, _ in ladder]
+    assert widths == sorted(widths) and ladder[-1][1] == supernet.largest_config()
+    configs = [tuple(sorted(c.items())) for _, c in ladder]
+    assert len(set(configs)) == len(configs) > 10
+    for width, config in ladder:  # each named by the narrowest width that gives it
+        assert supernet.uniform_config(width) == config
+        assert width == 0.01 or supernet.uniform_config(round(width - 0.01, 2)) != config
+    assert (0.56, supernet.uniform_config(0.68)) in ladder and (0.69, supernet.uniform_config(0.81)) in ladder
