@@ -17,8 +17,10 @@ width instead), exports and times each whole network, and prints per runtime and
 ``--again JSON`` times the held-out networks of an earlier ``--json`` once more and prints how well the two timings
 agree (Spearman, median difference): no model can rank the networks better than their timings repeat.
 
-Timings are taken like a benchmark (warm-up, median of repeats, pinned threads, the network exported as the user runs
-it: TorchScript for torch, the ONNX file for onnxruntime); run it on an otherwise idle machine. Figures, not a test.
+Timings are taken as the library takes them (the held-out networks timed together in ``--rounds`` interleaved rounds,
+each a warm-up and the median of ``--repeats``, the least round kept; pinned threads; the network exported as the
+user runs it: TorchScript for torch, the ONNX file for onnxruntime); run it on an otherwise idle machine. Figures,
+not a test.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from autoslim.latency import LatencyKey, TimingSettings, build_latency_model, fit_configs, make_timer, measure_config
+from autoslim.latency import LatencyKey, TimingSettings, build_latency_model, fit_configs, make_timer, measure_configs
 
 
 def ranks(values):
@@ -82,14 +84,14 @@ def held_out_configs(supernet, count: int, exclude, seed: int, spread: bool):
 def again(supernet, settings: TimingSettings, path: str) -> None:
     """Time every held-out network of an earlier run once more, per runtime and batch, and compare the two timings."""
     earlier = json.loads(open(path).read())
-    print(f"the held-out networks of {path} timed again ({settings.clock} clock, {settings.statistic} of "
-          f"{settings.repeats} repeats)")
+    print(f"the held-out networks of {path} timed again ({settings.clock} clock, least of {settings.rounds} "
+          f"interleaved rounds' {settings.statistic} of {settings.repeats} repeats)")
     print("| runtime | batch | threads | Spearman of the two timings | median difference | p90 difference |")
     print("|---|---|---|---|---|---|")
     for row in earlier["results"]:
         timer = make_timer(LatencyKey(row["device"], row["runtime"], row["batch"], row["threads"]), settings)
         first = [n["measured_ms"] for n in row["networks"]]
-        second = [measure_config(supernet, n["config"], timer) for n in row["networks"]]
+        second = measure_configs(supernet, [n["config"] for n in row["networks"]], timer)
         difference = errors(second, first)
         print(f"| {row['runtime']} | {row['batch']} | {row['threads']} | {spearman(first, second):.3f} | "
               f"{100 * statistics.median(difference):.1f}% | {100 * float(np.percentile(difference, 90)):.1f}% |",
@@ -110,6 +112,8 @@ def main() -> None:
     parser.add_argument("--spread", action="store_true", help="draw half the held-out configs around a random width")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=TimingSettings.rounds,
+                        help="interleaved rounds per timing, the least kept (1: the median of one round)")
     parser.add_argument("--statistic", default="median", choices=["median", "min"],
                         help="median of repeats (default), or min on a machine shared with other work")
     parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
@@ -129,13 +133,15 @@ def main() -> None:
         from autoslim.spaces import build_supernet, load_space
 
         supernet, source = build_supernet(load_space(args.space)).eval(), args.space
-    settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic, clock=args.clock)
+    settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic, clock=args.clock,
+                              rounds=args.rounds)
     if args.again:
         again(supernet, settings, args.again)
         return
     print(f"{source}: {len(supernet.slimmable_units)} slimmable units; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads available; {args.networks} fit networks, {args.held_out} held-out "
-          f"configs, {args.statistic} of {args.repeats} repeats, {args.clock} clock", flush=True)
+          f"configs, least of {args.rounds} interleaved rounds' {args.statistic} of {args.repeats} repeats, "
+          f"{args.clock} clock", flush=True)
     fit = fit_configs(supernet, args.networks, seed=0)
     configs = held_out_configs(supernet, args.held_out, fit, args.seed, args.spread)
     macs = [supernet.cost(c).macs for c in configs]
@@ -149,10 +155,8 @@ def main() -> None:
             model = build_latency_model(supernet, timer, networks=args.networks, seed=0)
             built = time.perf_counter() - began
             predict = model.bind(supernet)
-            predicted, measured = [], []
-            for config in configs:
-                predicted.append(predict(config))
-                measured.append(measure_config(supernet, config, timer))
+            predicted = [predict(config) for config in configs]
+            measured = measure_configs(supernet, configs, timer)
             # latency on MACs alone, fitted on the same networks by relative error
             fit_ms = np.array([n["measured_ms"] for n in model.networks])
             design = np.column_stack([fit_macs, np.ones(len(fit_ms))]) / fit_ms[:, None]

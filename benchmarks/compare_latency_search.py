@@ -8,12 +8,12 @@ than a width multiplier) once all of them run equally fast on the device? For th
 2. locates the neighbourhood of equal latency: the first step of MACS_SEARCH (a search of the same supernet under
    ``--flops``) measured within the pick's latency (bisection over the steps, then every step of a window around
    the crossing, since measured latency is not strictly monotone along a trajectory), and the widest uniform
-   network measured within it (bisection over the distinct uniform configs); each of these looks is the median of
-   ``--decide`` measurements,
+   network measured within it (bisection over the distinct uniform configs); each of these first looks is the least
+   of ``--decide`` rounds,
 3. times the pick, ``--window`` steps and uniform networks either side of each crossing and the full network in
-   ``--rounds`` interleaved rounds (so that a drift of the machine touches all alike), and only then chooses, from
-   the medians of the rounds, the first step and the widest uniform network that ran within the pick's median
-   (one early look can be off by a third on a busy machine; the rounds are what the table reports),
+   ``--rounds`` interleaved rounds (each a median of ``--repeats`` runs; a network's latency is its least round, as
+   the library times), and only then chooses the first step and the widest uniform network that ran within the
+   pick's latency (one early look can be off by a third on a busy machine; the rounds are what the table reports),
 4. notes when a choice lies at the edge of its window (widen ``--window``),
 5. scores each with the supernet on every held-out image (or the first ``--images``), the same way for all
    (slices of the latency search's size, each slice's own BatchNorm statistics, no early stopping): top-1
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -44,6 +43,7 @@ from autoslim.channel_config import load_config
 from autoslim.checkpoint import load_run
 from autoslim.io import read_yaml
 from autoslim.latency import TimingSettings, make_timer, measure_config
+from autoslim.network.static import materialize
 from autoslim.network.supernet import last_accepted
 from autoslim.search.runner import SearchSettings
 from autoslim.search.sliced import SlicedScorer
@@ -74,9 +74,9 @@ def first_within(latencies, budget: float, steps: int, window: int) -> int:
     return high
 
 
-def first_within_budget(names: list[str], medians: dict[str, float], budget: float) -> Optional[str]:
-    """The first of ``names`` (in order of preference) whose median latency is at most ``budget``; None if none is."""
-    return next((name for name in names if medians[name] <= budget), None)
+def first_within_budget(names: list[str], latency: dict[str, float], budget: float) -> Optional[str]:
+    """The first of ``names`` (in order of preference) whose latency is at most ``budget``; None if none is."""
+    return next((name for name in names if latency[name] <= budget), None)
 
 
 def uniform_ladder(supernet, resolution: float = 0.01) -> list[tuple[float, dict[str, int]]]:
@@ -100,8 +100,9 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "thread"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--window", type=int, default=3, help="MACs search steps and uniform networks either side of each crossing, timed in the rounds")
-    parser.add_argument("--decide", type=int, default=3, help="measurements (their median) behind each choice")
+    parser.add_argument("--window", type=int, default=3,
+                        help="MACs search steps and uniform networks either side of each crossing, timed in the rounds")
+    parser.add_argument("--decide", type=int, default=1, help="rounds behind each first look (the least kept)")
     parser.add_argument("--images", type=int, help="score the first N held-out images only (default: all)")
     parser.add_argument("--data-dir", help="where the run's data lives now")
     parser.add_argument("--csv", type=Path, help="also write the table here")
@@ -120,7 +121,8 @@ def main() -> None:
     pick = supernet.validate_config(dict(load_config(pick_path).channels))
     macs_steps = read_trajectory(args.macs_search / "trajectory.csv", largest)
     key = settings.latency_key
-    timer = make_timer(key, TimingSettings(repeats=args.repeats, clock=args.clock))
+    timer = make_timer(key, TimingSettings(repeats=args.repeats, clock=args.clock, rounds=args.rounds))
+    look_timer = make_timer(key, TimingSettings(repeats=args.repeats, clock=args.clock, rounds=args.decide))
     print(f"{pick_path.stem} of {args.latency_search} against {args.macs_search} ({len(macs_steps)} steps), "
           f"{key.describe()}, {args.clock} clock", flush=True)
 
@@ -129,10 +131,10 @@ def main() -> None:
     def measure(config) -> float:
         found = tuple(sorted(config.items()))
         if found not in cache:
-            cache[found] = statistics.median(measure_config(supernet, config, timer) for _ in range(args.decide))
+            cache[found] = measure_config(supernet, config, look_timer)
         return cache[found]
 
-    # locate: the neighbourhood of equal latency, from a median of --decide measurements of each network
+    # locate: the neighbourhood of equal latency, from a first look at each network (--decide rounds)
     rough = measure(pick)
     print(f"pick measured at {rough:.3f} ms (a first look; the rounds decide)", flush=True)
     steps = len(macs_steps)
@@ -146,16 +148,17 @@ def main() -> None:
                      reversed(ladder[max(0, within - args.window):within + args.window + 1])}  # widest first
     networks = {pick_path.stem: pick, **macs_names, **uniform_names, "full network": largest}
 
-    # time every candidate in interleaved rounds; choose from the medians of the rounds
-    rounds: dict[str, list[float]] = {name: [] for name in networks}
-    for r in range(args.rounds):
-        for name, config in networks.items():
-            rounds[name].append(measure_config(supernet, config, timer))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in rounds.items()), flush=True)
-    medians = {name: statistics.median(values) for name, values in rounds.items()}
-    budget = medians[pick_path.stem]
-    chosen_macs = first_within_budget(list(macs_names), medians, budget)
-    chosen_uniform = first_within_budget(list(uniform_names), medians, budget)
+    # time every candidate together in interleaved rounds; choose from the least round of each
+    shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
+    print(f"timing {len(networks)} networks in {args.rounds} interleaved rounds", flush=True)
+    timed = timer.network_rounds([materialize(supernet, config) for config in networks.values()], shape)
+    rounds = dict(zip(networks, timed))
+    for name, values in rounds.items():
+        print(f"  {name}: " + " ".join(f"{v:.3f}" for v in values), flush=True)
+    latency = {name: min(values) for name, values in rounds.items()}
+    budget = latency[pick_path.stem]
+    chosen_macs = first_within_budget(list(macs_names), latency, budget)
+    chosen_uniform = first_within_budget(list(uniform_names), latency, budget)
     notes = []
     if chosen_macs is None:
         notes.append(f"no MACs search step of the window ran within the pick's {budget:.3f} ms: widen --window"
@@ -180,17 +183,18 @@ def main() -> None:
             score = scorer(config, [(None, config)])[0]
         cost = supernet.cost(config)
         rows.append({"network": name, "role": roles.get(name, ""), "macs": cost.macs, "params": cost.params,
-                     "latency_ms": round(statistics.median(rounds[name]), 4),
+                     "latency_ms": round(latency[name], 4),
                      "rounds_ms": " ".join(f"{v:.4f}" for v in rounds[name]),
                      "accuracy": round(score.accuracy, 4), "loss": round(score.loss, 4),
                      "kl": round(score.kl, 4) if score.kl is not None else ""})
-    print(f"\nheld-out images: {size}; latency: median of {args.rounds} interleaved rounds, each the "
-          f"median of {args.repeats} runs\n")
-    print("| network | chosen as | MACs | params | latency ms | held-out top-1 % | cross-entropy | KL from largest |")
+    print(f"\nheld-out images: {size}; latency: the least of {args.rounds} interleaved rounds, each the median of "
+          f"{args.repeats} runs\n")
+    print("| network | chosen as | MACs | params | latency ms | held-out top-1 % | cross-entropy "
+          "| KL from largest |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['network']} | {row['role']} | {row['macs'] / 1e6:.2f}M | {row['params'] / 1e3:.1f}k | {row['latency_ms']:.3f} | "
-              f"{100 * row['accuracy']:.2f} | {row['loss']:.4f} | {row['kl']} |")
+        print(f"| {row['network']} | {row['role']} | {row['macs'] / 1e6:.2f}M | {row['params'] / 1e3:.1f}k | "
+              f"{row['latency_ms']:.3f} | {100 * row['accuracy']:.2f} | {row['loss']:.4f} | {row['kl']} |")
     for note in notes:
         print(f"note: {note}")
     if args.csv:

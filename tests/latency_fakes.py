@@ -29,15 +29,18 @@ class FakeTimer:
     def __init__(self, key: LatencyKey = LatencyKey(), offset_ms: float = 0.0) -> None:
         self.key = key
         self.offset_ms = offset_ms  # added to whole networks only: a "measurement" the model cannot know
-        self.layers = 0
-        self.networks = 0
+        self.layer_calls = 0
+        self.network_calls = 0
 
-    def layer(self, layer: nn.Module, shape) -> float:
-        self.layers += 1
-        return layer_ms(layer, shape)
+    def layers(self, calls, on_timed=None) -> list[float]:
+        self.layer_calls += len(calls)
+        return [layer_ms(layer, shape) for layer, shape in calls]
 
-    def network(self, network: nn.Module, shape) -> float:
-        self.networks += 1
+    def networks(self, networks, shape, on_timed=None) -> list[float]:
+        self.network_calls += len(networks)
+        return [self._network(network, shape) for network in networks]
+
+    def _network(self, network: nn.Module, shape) -> float:
         total = []
 
         def hook(module, inputs):
@@ -59,8 +62,8 @@ class NoTimer:
     def __init__(self, key: LatencyKey = LatencyKey()) -> None:
         self.key = key
 
-    def layer(self, layer, shape):
+    def layers(self, calls, on_timed=None):
         raise AssertionError("a layer was timed although a fresh model was cached")
 
-    def network(self, network, shape):
+    def networks(self, networks, shape, on_timed=None):
         raise AssertionError("a network was timed although a fresh model was cached")

@@ -81,7 +81,7 @@ def test_latency_measures_once_then_uses_the_cache(fresh_run, fake_timer):
     path = fresh_run / "latency" / "cpu-torch-b1-t1.json"
     assert path.is_file() and f"{path}: measured" in " ".join(result.output.split())
     assert "median |error| on the fitted networks 0.0%" in " ".join(result.output.split())
-    assert len(fake_timer) == 1 and fake_timer[0].networks == 5
+    assert len(fake_timer) == 1 and fake_timer[0].network_calls == 5
     result = _invoke("latency", fresh_run)
     assert result.exit_code == 0 and ": cached;" in result.output and len(fake_timer) == 1
     result = _invoke("latency", fresh_run, "--batch", 8, "--threads", 2, "--networks", 3)

@@ -48,7 +48,7 @@ def test_every_layer_call_is_measured_once_per_shape(supernet):
     convs = [c for c in supernet.trace.calls if c.kind in ("conv", "dwconv", "linear")]
     assert {t.module for t in model.layers} == {c.module for c in convs}
     cells = sum(len(t.inputs) * max(1, len(t.outputs)) for t in model.layers)
-    assert 0 < timer.layers <= cells and timer.networks == 4
+    assert 0 < timer.layer_calls <= cells and timer.network_calls == 4
     for table in model.layers:
         call = supernet.trace.calls[table.call]
         assert list(table.inputs) == sorted(table.inputs)
@@ -79,9 +79,9 @@ def test_the_fit_never_gives_a_negative_coefficient():
 
 def test_an_interrupted_timing_is_left_out_of_the_fit(supernet):
     class Interrupted(FakeTimer):
-        def network(self, network, shape):
-            ms = super().network(network, shape)
-            return 10 * ms if self.networks == 3 else ms  # the third network was descheduled
+        def networks(self, networks, shape, on_timed=None):
+            ms = super().networks(networks, shape)
+            return [10 * v if i == 2 else v for i, v in enumerate(ms)]  # the third network was descheduled
 
     model = build_latency_model(supernet, Interrupted(), networks=8)
     assert [bool(n.get("outlier")) for n in model.networks] == [False, False, True] + [False] * 5
@@ -137,6 +137,58 @@ def test_a_model_from_another_supernet_is_remeasured(model, tmp_path):
     path.write_text(json.dumps(model.to_dict()))
     found = latency_model(tmp_path, other, model.key, timer=FakeTimer(), networks=4)
     assert found.status == "remeasured: the supernet's architecture changed"
+
+
+def test_a_model_timed_in_one_round_is_remeasured(supernet, tmp_path):
+    key = LatencyKey()
+    latency_model(tmp_path, supernet, key, timer=FakeTimer(), networks=4)
+    path = model_path(tmp_path, key)
+    data = json.loads(path.read_text())
+    data["timing"] = {"warmup": 5, "repeats": 15, "min_block_ms": 1.0, "statistic": "median", "clock": "wall"}
+    path.write_text(json.dumps(data))
+    assert latency_model(tmp_path, supernet, key, timer=FakeTimer(), networks=4).status.startswith(
+        "remeasured: it was timed in one round per network")
+    data["timing"]["rounds"] = 5
+    path.write_text(json.dumps(data))
+    assert latency_model(tmp_path, supernet, key, timer=NoTimer()).status == "cached"
+
+
+def test_timings_interleave_in_rounds_and_keep_each_ones_least_round():
+    from autoslim.latency.timing import _interleaved_ms
+
+    calls, now = [], [0]
+
+    def slow_stretch(name, ms):  # the machine is three times slower for the first 30 runs
+        def run():
+            calls.append(name)
+            now[0] += ms * (3 if len(calls) <= 30 else 1)
+        return run
+
+    def clock(run, number):
+        began = now[0]
+        for _ in range(number):
+            run()
+        return (now[0] - began) / 1e3
+
+    settings = TimingSettings(warmup=2, repeats=3, rounds=4, min_block_ms=0.0)
+    done = []
+    rounds = _interleaved_ms([slow_stretch("a", 1.0), slow_stretch("b", 2.0)], settings, clock,
+                             lambda d, t: done.append((d, t)))
+    # sizing (warm-up and one run each), then per round: a's warm-up and repeats, then b's
+    assert calls[:6] == ["a", "a", "a", "b", "b", "b"]
+    assert calls[6:16] == ["a"] * 5 + ["b"] * 5 and calls[16:21] == ["a"] * 5
+    assert len(calls) == 6 + 4 * 2 * 5 and done == [(i, 8) for i in range(1, 9)]
+    # every round's median: the slow stretch covers rounds 1-2 and two of a's three timings in round 3
+    assert rounds == [[3.0, 3.0, 3.0, 1.0], [6.0, 6.0, 2.0, 2.0]]
+    assert [min(r) for r in rounds] == [1.0, 2.0]
+
+
+def test_compare_latency_times_its_networks_together(supernet):
+    timer = FakeTimer()
+    config = supernet.uniform_config(0.5)
+    compare_latency(supernet, config, timer, budget_ms=measure_config(supernet, config, FakeTimer()),
+                    predict=lambda c: measure_config(supernet, c, FakeTimer()))
+    assert timer.network_calls == 4  # one interleaved timing of the searched, two uniform and the full network
 
 
 def test_the_model_round_trips_through_its_dict(supernet, model):

@@ -155,13 +155,14 @@ def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24,
             for n_out, signature in zip(site.outputs or [n_in], rows[-1]):
                 grid.setdefault(signature, (site, n_in, n_out))
         cells.append(rows)
-    total, done = len(grid) + len(configs), 0
-    timed: dict[str, float] = {}
-    for signature, (site, n_in, n_out) in grid.items():
-        timed[signature] = timer.layer(site.layer(n_in, n_out), site.input_shape(n_in, key.batch))
-        done += 1
+    total = len(grid) + len(configs)
+    calls = [(site.layer(n_in, n_out), site.input_shape(n_in, key.batch)) for site, n_in, n_out in grid.values()]
+
+    def layers_timed(done: int, _: int) -> None:
         if on_progress:
-            on_progress(done, total, f"layer {site.name} {n_in}->{n_out}")
+            on_progress(done, total, f"layers ({len(grid)} calls, interleaved rounds)")
+
+    timed = dict(zip(grid, timer.layers(calls, layers_timed)))
     layers = [LayerTable(site.call, site.name, site.kind, list(site.inputs), list(site.outputs),
                          [[timed[s] for s in row] for row in rows]) for site, rows in zip(sites, cells)]
     model = LatencyModel(key=key, description=device_description(key), fingerprint=supernet_fingerprint(supernet),
@@ -169,13 +170,13 @@ def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24,
                          timing=_timing_of(timer))
     features = feature_function(model, supernet)
     shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
-    rows, measured = [], []
-    for config in configs:
-        measured.append(timer.network(materialize(supernet, config), shape))
-        rows.append(features(config))
-        done += 1
+    def networks_timed(done: int, of: int) -> None:
         if on_progress:
-            on_progress(done, total, f"network {len(measured)} of {len(configs)}")
+            on_progress(len(grid) + round(done / of * len(configs)), total,
+                        f"{len(configs)} networks, interleaved rounds")
+
+    measured = timer.networks([materialize(supernet, config) for config in configs], shape, networks_timed)
+    rows = [features(config) for config in configs]
     coefficients, kept = _robust_fit(rows, measured)
     model.coefficients = dict(zip(FEATURES, coefficients))
     predict = model.bind(supernet)

@@ -54,6 +54,8 @@ def stale_reason(model: LatencyModel, supernet: Supernet, key: LatencyKey) -> Op
         return f"it was measured on {model.key.describe()}"
     if model.fingerprint != supernet_fingerprint(supernet):
         return "the supernet's architecture changed"
+    if model.timing and model.timing.get("rounds", 1) < 2:
+        return "it was timed in one round per network (an older protocol that a slow stretch of the machine skews)"
     now = device_description(key)
     for name in _COMPARED:
         if model.description.get(name) != now.get(name):
@@ -82,7 +84,7 @@ def latency_model(run_dir: str | os.PathLike, supernet: Supernet, key: LatencyKe
     """The latency model of ``supernet`` on ``key``, from ``RUN/latency/`` or measured now (and cached there).
 
     A cached file is measured again when it is unreadable, describes another machine (CPU model, torch or runtime
-    version, GPU) or another architecture, or when ``rebuild`` is set.
+    version, GPU) or another architecture, was timed by the older one-round protocol, or when ``rebuild`` is set.
 
     Args:
         run_dir: the supernet run directory.

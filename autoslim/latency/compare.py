@@ -1,28 +1,34 @@
 """Measured latency of a config beside the uniform-width networks it should beat.
 
-:func:`measure_config` times one config's static network as a whole; :func:`compare_latency` times it with the
-widest uniform network within the same latency, the uniform network of equal MACs and the full network, so that
-``autoslim cost --latency`` and ``export-config --latency`` can say honestly whether the searched network is faster.
+:func:`measure_config` times one config's static network as a whole (:func:`measure_configs` several, in interleaved
+rounds); :func:`compare_latency` times it with the widest uniform network within the same latency, the uniform
+network of equal MACs and the full network, all together, so that ``autoslim cost --latency`` and ``export-config
+--latency`` can say honestly whether the searched network is faster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..network.supernet import Supernet, uniform_within, widest_uniform
 from .timing import Timer
 
-__all__ = ["measure_config", "Measured", "LatencyComparison", "compare_latency"]
+__all__ = ["measure_config", "measure_configs", "Measured", "LatencyComparison", "compare_latency"]
 
 
-def measure_config(supernet: Supernet, config: Mapping[str, int], timer: Timer) -> float:
-    """Milliseconds of ``config``'s static network, exported and timed whole by ``timer``."""
+def measure_configs(supernet: Supernet, configs: Sequence[Mapping[str, int]], timer: Timer) -> list[float]:
+    """Milliseconds of each config's static network, exported and timed whole by ``timer``, in interleaved rounds."""
     from ..network.static import materialize
 
     key = timer.key
     shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
-    return timer.network(materialize(supernet, supernet.validate_config(config)), shape)
+    return timer.networks([materialize(supernet, supernet.validate_config(config)) for config in configs], shape)
+
+
+def measure_config(supernet: Supernet, config: Mapping[str, int], timer: Timer) -> float:
+    """Milliseconds of ``config``'s static network, exported and timed whole by ``timer``."""
+    return measure_configs(supernet, [config], timer)[0]
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ def compare_latency(supernet: Supernet, config: Mapping[str, int], timer: Timer,
     """Measure ``config`` beside the uniform networks and the full network.
 
     The widest uniform network within ``budget_ms`` (default: the config's measured latency) is found by bisecting
-    the uniform widths on ``predict`` when a latency model is given, else on measurements, and is then measured.
+    the uniform widths on ``predict`` when a latency model is given, else on measurements; then every network of the
+    comparison is timed together, in interleaved rounds, and those timings are the ones reported.
 
     Args:
         supernet: the supernet of the config.
@@ -95,26 +102,34 @@ def compare_latency(supernet: Supernet, config: Mapping[str, int], timer: Timer,
         name: the config's name in the rows.
         uniform: compare with the uniform networks (False: with the full network only, for a uniform config).
     """
-    measured: dict[tuple, float] = {}
+    looked: dict[tuple, float] = {}
 
-    def measure(candidate: Mapping[str, int]) -> float:
+    def look(candidate: Mapping[str, int]) -> float:  # to find the uniform network within the budget
         key = tuple(sorted(candidate.items()))
-        if key not in measured:
-            measured[key] = measure_config(supernet, candidate, timer)
-        return measured[key]
+        if key not in looked:
+            looked[key] = measure_config(supernet, candidate, timer)
+        return looked[key]
 
-    def row(label: str, candidate: Mapping[str, int], width: Optional[float] = None) -> Measured:
-        cost = supernet.cost(candidate)
-        return Measured(label, cost.macs, cost.params, measure(candidate), width)
-
-    searched = row(name, config)
-    budget = searched.measured_ms if budget_ms is None else budget_ms
-    latency = predict if predict is not None else measure
-    within = equal = None
+    budget = look(config) if budget_ms is None else budget_ms
+    latency = predict if predict is not None else look
+    rows: list[Optional[tuple[str, Mapping[str, int], Optional[float]]]] = [(name, config, None)]
     if uniform:
         found = widest_uniform(supernet, lambda candidate: latency(candidate) <= budget)
-        within = row(f"uniform {found[0]:g}x (widest within {budget:.3f} ms)", found[1], found[0]) if found else None
-        found = uniform_within(supernet, macs=searched.macs)
-        equal = row(f"uniform {found[0]:g}x (widest within its MACs)", found[1], found[0]) if found else None
-    full = row("full network", supernet.largest_config(), supernet.width_mult)
+        rows.append((f"uniform {found[0]:g}x (widest within {budget:.3f} ms)", found[1], found[0]) if found else None)
+        found = uniform_within(supernet, macs=supernet.cost(config).macs)
+        rows.append((f"uniform {found[0]:g}x (widest within its MACs)", found[1], found[0]) if found else None)
+    else:
+        rows += [None, None]
+    rows.append(("full network", supernet.largest_config(), supernet.width_mult))
+    timed = [row for row in rows if row is not None]
+    milliseconds = dict(zip(map(id, timed), measure_configs(supernet, [c for _, c, _ in timed], timer)))
+
+    def measured(row: Optional[tuple[str, Mapping[str, int], Optional[float]]]) -> Optional[Measured]:
+        if row is None:
+            return None
+        label, candidate, width = row
+        cost = supernet.cost(candidate)
+        return Measured(label, cost.macs, cost.params, milliseconds[id(row)], width)
+
+    searched, within, equal, full = map(measured, rows)
     return LatencyComparison(searched, budget, within, equal, full)

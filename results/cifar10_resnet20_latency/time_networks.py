@@ -3,15 +3,14 @@ python time_networks.py SUPERNET_RUN RUNS OUT.csv [--rounds 5]
 
 Every network is a static network cut from SUPERNET_RUN with the channels its retraining recorded (a retrained
 network's own weights do not change its latency), exported and timed as ``autoslim search --latency`` times it
-(TorchScript, CPU, batch 1, one thread, warm-up then the median of repeats). The networks are timed in ``--rounds``
-interleaved rounds and each keeps the median of its rounds, so that a drift of the machine touches all alike.
+(TorchScript, CPU, batch 1, one thread): all together in ``--rounds`` interleaved rounds, each a warm-up and the
+median of 31 runs, and each network's latency is its least round (a slow stretch of the machine slows whole rounds).
 Writes OUT.csv: name, width (uniform networks), macs, params, latency_ms, rounds_ms.
 """
 
 import argparse
 import csv
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import torch
 
 from autoslim.channel_config import load_config
 from autoslim.checkpoint import load_run
-from autoslim.latency import LatencyKey, TimingSettings, make_timer, measure_config
+from autoslim.latency import LatencyKey, TimingSettings, make_timer
+from autoslim.network.static import materialize
 
 SCRATCH = Path(__file__).resolve().parents[1] / "cifar10_resnet20"
 
@@ -46,21 +46,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     supernet = load_run(args.run).supernet
-    timer = make_timer(LatencyKey("cpu", "torch", 1, 1), TimingSettings(repeats=31))
+    timer = make_timer(LatencyKey("cpu", "torch", 1, 1), TimingSettings(repeats=31, rounds=args.rounds))
     nets = networks(args.runs)
     if not nets:
         sys.exit("no networks to time: run the search stage first")
-    rounds = {name: [] for name in nets}
-    for r in range(args.rounds):
-        for name, net in nets.items():
-            rounds[name].append(measure_config(supernet, net["channels"], timer))
-        timed = ", ".join(f"{n} {v[-1]:.3f} ms" for n, v in rounds.items())
-        print(f"round {r + 1}/{args.rounds}: {timed}", flush=True)
+    shape = (1, supernet.in_channels, supernet.input_size, supernet.input_size)
+    timed = timer.network_rounds([materialize(supernet, supernet.validate_config(net["channels"]))
+                                  for net in nets.values()], shape)
+    rounds = dict(zip(nets, timed))
+    for name, values in rounds.items():
+        print(f"{name}: " + " ".join(f"{v:.3f}" for v in values) + " ms", flush=True)
     rows = []
     for name, net in nets.items():
         cost = supernet.cost(net["channels"])
         rows.append({"name": name, "width": net["width"] or "", "macs": cost.macs, "params": cost.params,
-                     "latency_ms": round(statistics.median(rounds[name]), 4),
+                     "latency_ms": round(min(rounds[name]), 4),
                      "rounds_ms": " ".join(f"{v:.4f}" for v in rounds[name])})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out.with_suffix(".tmp"), "w", newline="") as f:
