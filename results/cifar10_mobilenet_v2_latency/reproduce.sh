@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # results/cifar10_mobilenet_v2_latency: the latency model and a latency search on MobileNetV2 (CIFAR strides), issue 20.
 #   supernet  a brief supernet of mobilenet_v2_cifar at 1.0x (one epoch: a CPU cannot afford more; 45 min on one thread)
-#   bench     benchmarks/bench_latency.py on it: the latency model's accuracy (torch and ONNX Runtime, batch 1 and 32,
-#             the thread clock: this 2-core VM runs other work beside it), then --again: the same held-out networks
-#             timed once more, how well the timings themselves repeat
+#   bench     benchmarks/bench_latency.py on it: the latency model's accuracy (torch and ONNX Runtime, batch 1 and 32;
+#             run it on an otherwise idle machine), then --again: the same held-out networks timed once more, how well
+#             the timings themselves repeat
 #   search    `autoslim search --latency LATENCY` (torch) and `autoslim search --flops FLOPS`, side by side
 #   search-ort  `autoslim search --latency ORT_LATENCY --runtime onnxruntime`
 #   check     benchmarks/check_latency_picks.py: the latency picks timed in a fresh process
@@ -48,10 +48,10 @@ if has_stage supernet; then
 fi
 
 if has_stage bench; then
-  log "bench: the latency model's accuracy (thread clock)"
-  "$PYTHON" benchmarks/bench_latency.py --run "$RUNS/supernet" --clock thread --json "$RESULTS/bench_latency.json" \
+  log "bench: the latency model's accuracy (on an otherwise idle machine)"
+  "$PYTHON" benchmarks/bench_latency.py --run "$RUNS/supernet" --json "$RESULTS/bench_latency.json" \
     | tee "$RESULTS/bench_latency.txt"
-  "$PYTHON" benchmarks/bench_latency.py --run "$RUNS/supernet" --clock thread --again "$RESULTS/bench_latency.json" \
+  "$PYTHON" benchmarks/bench_latency.py --run "$RUNS/supernet" --again "$RESULTS/bench_latency.json" \
     | tee "$RESULTS/bench_again.txt"
 fi
 
@@ -80,10 +80,10 @@ fi
 if has_stage compare; then
   log "compare at equal measured latency, by supernet score"
   "$PYTHON" benchmarks/compare_latency_search.py "$RUNS/search-latency" "$RUNS/search-macs" --label "latency-$LATENCY" \
-    --clock thread --rounds 7 --images 2048 --data-dir "$DATA" --csv "$RESULTS/compare_torch.csv" \
+    --rounds 7 --images 2048 --data-dir "$DATA" --csv "$RESULTS/compare_torch.csv" \
     | tee "$RESULTS/compare_torch.txt"
   "$PYTHON" benchmarks/compare_latency_search.py "$RUNS/search-latency-ort" "$RUNS/search-macs" \
-    --label "latency-$ORT_LATENCY" --clock thread --rounds 7 --images 2048 --data-dir "$DATA" \
+    --label "latency-$ORT_LATENCY" --rounds 7 --images 2048 --data-dir "$DATA" \
     --csv "$RESULTS/compare_onnxruntime.csv" | tee "$RESULTS/compare_onnxruntime.txt"
 fi
 
