@@ -15,7 +15,8 @@ than a width multiplier) once all of them run equally fast on the device? For th
    the library times), and only then chooses the first step and the widest uniform network that ran within the
    pick's latency (one early look can be off by a third on a busy machine; the rounds are what the table reports),
 4. notes when a choice lies at the edge of its window (widen ``--window``),
-5. scores each with the supernet on every held-out image (or the first ``--images``), the same way for all
+5. scores the pick, the chosen networks, the next wider of each and the full network (``--score all``: every one
+   timed) with the supernet on every held-out image (or the first ``--images``), the same way for all
    (slices of the latency search's size, each slice's own BatchNorm statistics, no early stopping): top-1
    accuracy, cross-entropy and the KL divergence from the largest config's predictions,
 
@@ -79,16 +80,18 @@ def first_within_budget(names: list[str], latency: dict[str, float], budget: flo
     return next((name for name in names if latency[name] <= budget), None)
 
 
-def uniform_ladder(supernet, resolution: float = 0.01) -> list[tuple[float, dict[str, int]]]:
-    """The distinct uniform configs of the supernet, narrowest first, each named by the narrowest width on the grid
-    of ``resolution`` that gives it (uniform 0.56x through 0.68x of a 1.5x ResNet-20 are one network: "0.56x")."""
-    ladder: list[tuple[float, dict[str, int]]] = []
+def uniform_ladder(supernet, resolution: float = 0.01) -> list[tuple[str, dict[str, int]]]:
+    """The distinct uniform configs of the supernet, narrowest first, each named by the widths on the grid of
+    ``resolution`` that give it (uniform 0.56x through 0.68x of a 1.5x ResNet-20 are one network: "0.56-0.68x")."""
+    ladder: list[tuple[list[float], dict[str, int]]] = []
     for i in range(1, int(round(supernet.width_mult / resolution)) + 1):
         width = round(i * resolution, 6)
         config = supernet.uniform_config(width)
-        if not ladder or ladder[-1][1] != config:
-            ladder.append((width, config))
-    return ladder
+        if ladder and ladder[-1][1] == config:
+            ladder[-1][0].append(width)
+        else:
+            ladder.append(([width], config))
+    return [(f"{w[0]:g}x" if len(w) == 1 else f"{w[0]:g}-{w[-1]:g}x", config) for w, config in ladder]
 
 
 def main() -> None:
@@ -105,6 +108,8 @@ def main() -> None:
     parser.add_argument("--decide", type=int, default=1, help="rounds behind each first look (the least kept)")
     parser.add_argument("--images", type=int, help="score the first N held-out images only (default: all)")
     parser.add_argument("--data-dir", help="where the run's data lives now")
+    parser.add_argument("--score", default="chosen", choices=["chosen", "all"],
+                        help="score the chosen networks and the next wider of each (default), or every one timed")
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args()
 
@@ -144,7 +149,7 @@ def main() -> None:
     within = (last_accepted(lambda i: measure(ladder[i - 1][1]) <= rough, len(ladder)) or 1) - 1
     macs_names = {f"MACs search step {i}": macs_steps[i].config
                   for i in range(max(0, index - args.window), min(steps, index + args.window + 1))}
-    uniform_names = {f"uniform {width:g}x": config for width, config in
+    uniform_names = {f"uniform {widths}": config for widths, config in
                      reversed(ladder[max(0, within - args.window):within + args.window + 1])}  # widest first
     networks = {pick_path.stem: pick, **macs_names, **uniform_names, "full network": largest}
 
@@ -172,6 +177,10 @@ def main() -> None:
     roles = {pick_path.stem: "pick", "full network": "full"}
     roles.update({chosen_macs: "MACs search, equal latency", chosen_uniform: "uniform, equal latency"})
     roles.pop(None, None)
+    scored = set(roles) if args.score == "chosen" else set(networks)
+    for chosen, group in ((chosen_macs, list(macs_names)), (chosen_uniform, list(uniform_names))):
+        if chosen is not None and args.score == "chosen" and group.index(chosen) > 0:
+            scored.add(group[group.index(chosen) - 1])  # the next wider, just over the pick's latency
 
     data = run.load_data(data_dir=args.data_dir)
     size = min(args.images or len(data.split("search")), len(data.split("search")))
@@ -179,22 +188,24 @@ def main() -> None:
     scorer = SlicedScorer(supernet, images, labels, slice_size=settings.slice_size or 512, confidence=None)
     rows = []
     for name, config in networks.items():
-        with torch.no_grad():
-            score = scorer(config, [(None, config)])[0]
-        cost = supernet.cost(config)
-        rows.append({"network": name, "role": roles.get(name, ""), "macs": cost.macs, "params": cost.params,
-                     "latency_ms": round(latency[name], 4),
-                     "rounds_ms": " ".join(f"{v:.4f}" for v in rounds[name]),
-                     "accuracy": round(score.accuracy, 4), "loss": round(score.loss, 4),
-                     "kl": round(score.kl, 4) if score.kl is not None else ""})
+        row = {"network": name, "role": roles.get(name, ""), "macs": supernet.cost(config).macs,
+               "params": supernet.cost(config).params, "latency_ms": round(latency[name], 4),
+               "rounds_ms": " ".join(f"{v:.4f}" for v in rounds[name]), "accuracy": "", "loss": "", "kl": ""}
+        if name in scored:
+            with torch.no_grad():
+                score = scorer(config, [(None, config)])[0]
+            row.update(accuracy=round(score.accuracy, 4), loss=round(score.loss, 4),
+                       kl=round(score.kl, 4) if score.kl is not None else "")
+        rows.append(row)
     print(f"\nheld-out images: {size}; latency: the least of {args.rounds} interleaved rounds, each the median of "
           f"{args.repeats} runs\n")
     print("| network | chosen as | MACs | params | latency ms | held-out top-1 % | cross-entropy "
           "| KL from largest |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
+        top1 = f"{100 * row['accuracy']:.2f}" if row["accuracy"] != "" else ""
         print(f"| {row['network']} | {row['role']} | {row['macs'] / 1e6:.2f}M | {row['params'] / 1e3:.1f}k | "
-              f"{row['latency_ms']:.3f} | {100 * row['accuracy']:.2f} | {row['loss']:.4f} | {row['kl']} |")
+              f"{row['latency_ms']:.3f} | {top1} | {row['loss']} | {row['kl']} |")
     for note in notes:
         print(f"note: {note}")
     if args.csv:

@@ -103,11 +103,16 @@ def test_the_uniform_ladder_holds_every_distinct_uniform_network_once():
 
     supernet = build_supernet(load_space("resnet20_cifar"))
     ladder = _compare_module().uniform_ladder(supernet)
-    widths = [w for w, _ in ladder]
-    assert widths == sorted(widths) and ladder[-1][1] == supernet.largest_config()
+    assert ladder[-1][1] == supernet.largest_config()
     configs = [tuple(sorted(c.items())) for _, c in ladder]
     assert len(set(configs)) == len(configs) > 10
-    for width, config in ladder:  # each named by the narrowest width that gives it
-        assert supernet.uniform_config(width) == config
-        assert width == 0.01 or supernet.uniform_config(round(width - 0.01, 2)) != config
-    assert (0.56, supernet.uniform_config(0.68)) in ladder and (0.69, supernet.uniform_config(0.81)) in ladder
+    widths = []
+    for name, config in ladder:  # each named by the range of widths that give it
+        low, _, high = name[:-1].partition("-")
+        low, high = float(low), float(high or low)
+        assert supernet.uniform_config(low) == supernet.uniform_config(high) == config
+        assert low == 0.01 or supernet.uniform_config(round(low - 0.01, 2)) != config
+        assert high == supernet.width_mult or supernet.uniform_config(round(high + 0.01, 2)) != config
+        widths += [low, high]
+    assert widths == sorted(widths)
+    assert ("0.56-0.68x", supernet.uniform_config(0.6)) in ladder and ("0.69-0.81x", supernet.uniform_config(0.7)) in ladder

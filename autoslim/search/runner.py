@@ -237,13 +237,16 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
             with torch.no_grad():
                 score = scorer(config, [(None, config)])[0]
             baselines[target.label] = {"width": width, **supernet.cost(config)._asdict(),
-                                       "accuracy": score.accuracy, "loss": score.loss}
-            if predict is not None:
-                baselines[target.label]["latency"] = _measure(supernet, config, predict, timer)
+                                       "accuracy": score.accuracy, "loss": score.loss, "config": config}
     measured = {}
-    if predict is not None:
-        for label, step in picks.items():
-            measured[label] = _measure(supernet, step.config, predict, timer)
+    if predict is not None:  # every pick and baseline timed together, in interleaved rounds
+        timed = _measure(supernet, [step.config for step in picks.values()]
+                         + [b["config"] for b in baselines.values()], predict, timer)
+        measured = dict(zip(picks, timed))
+        for baseline, measured_latency in zip(baselines.values(), timed[len(picks):]):
+            baseline["latency"] = measured_latency
+    for baseline in baselines.values():
+        del baseline["config"]
     result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
                           work={"seconds": seconds, "macs_executed": scorer.macs_executed,
                                 "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
@@ -254,11 +257,13 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     return result
 
 
-def _measure(supernet: Supernet, config: dict[str, int], predict: Callable, timer: Any) -> dict[str, float]:
-    """A config's predicted latency and its latency measured as a whole network."""
-    from ..latency import measure_config
+def _measure(supernet: Supernet, configs: list[dict[str, int]], predict: Callable, timer: Any
+             ) -> list[dict[str, float]]:
+    """Each config's predicted latency and its latency measured as a whole network, all timed together."""
+    from ..latency import measure_configs
 
-    return {"predicted_ms": predict(config), "measured_ms": measure_config(supernet, config, timer)}
+    return [{"predicted_ms": predict(config), "measured_ms": ms}
+            for config, ms in zip(configs, measure_configs(supernet, configs, timer))]
 
 
 def _open_search(out: Path, settings: SearchSettings, start: dict[str, int], *, force: bool) -> list[Step]:

@@ -80,10 +80,10 @@ fi
 if has_stage compare; then
   log "compare at equal measured latency, by supernet score"
   "$PYTHON" benchmarks/compare_latency_search.py "$RUNS/search-latency" "$RUNS/search-macs" --label "latency-$LATENCY" \
-    --rounds 7 --images 2048 --data-dir "$DATA" --csv "$RESULTS/compare_torch.csv" \
+    --rounds 7 --window 5 --images 2048 --data-dir "$DATA" --csv "$RESULTS/compare_torch.csv" \
     | tee "$RESULTS/compare_torch.txt"
   "$PYTHON" benchmarks/compare_latency_search.py "$RUNS/search-latency-ort" "$RUNS/search-macs" \
-    --label "latency-$ORT_LATENCY" --rounds 7 --images 2048 --data-dir "$DATA" \
+    --label "latency-$ORT_LATENCY" --rounds 7 --window 5 --images 2048 --data-dir "$DATA" \
     --csv "$RESULTS/compare_onnxruntime.csv" | tee "$RESULTS/compare_onnxruntime.txt"
 fi
 
