@@ -6,14 +6,15 @@ than a width multiplier) once all of them run equally fast on the device? For th
 
 1. measures the pick as a whole static network (the search's device, runtime, batch and threads),
 2. locates the neighbourhood of equal latency: the first step of MACS_SEARCH (a search of the same supernet under
-   ``--flops``) measured within the pick's latency (bisection over the steps, then every step of a window around
-   the crossing, since measured latency is not strictly monotone along a trajectory), and the widest uniform
-   network measured within it (bisection over the distinct uniform configs); each of these first looks is the least
-   of ``--decide`` rounds,
+   ``--flops``) at most as slow as the pick (bisection over the steps, then every step of a window around the
+   crossing, since measured latency is not strictly monotone along a trajectory), and the widest uniform network at
+   most as slow (bisection over the distinct uniform configs); each of these first looks times the network beside
+   the pick, in ``--decide`` interleaved rounds, so that a slow stretch of the machine touches both,
 3. times the pick, ``--window`` steps and uniform networks either side of each crossing and the full network in
    ``--rounds`` interleaved rounds (each a median of ``--repeats`` runs; a network's latency is its least round, as
-   the library times), and only then chooses the first step and the widest uniform network that ran within the
-   pick's latency (one early look can be off by a third on a busy machine; the rounds are what the table reports),
+   the library times), and only then chooses the first step and the widest uniform network that ran at most
+   ``--tolerance`` (2%) slower than the pick: as fast, as far as timings on one machine repeat (one early look can
+   be off by a third on a busy machine; the rounds are what the table reports),
 4. notes when a choice lies at the edge of its window (widen ``--window``),
 5. scores the pick, the chosen networks, the next wider of each and the full network (``--score all``: every one
    timed) with the supernet on every held-out image (or the first ``--images``), the same way for all
@@ -43,7 +44,7 @@ import torch
 from autoslim.channel_config import load_config
 from autoslim.checkpoint import load_run
 from autoslim.io import read_yaml
-from autoslim.latency import TimingSettings, make_timer, measure_config
+from autoslim.latency import TimingSettings, make_timer
 from autoslim.network.static import materialize
 from autoslim.network.supernet import last_accepted
 from autoslim.search.runner import SearchSettings
@@ -57,20 +58,21 @@ def search_settings(saved: dict) -> SearchSettings:
     return SearchSettings(**{k: v for k, v in saved.items() if k in names})
 
 
-def first_within(latencies, budget: float, steps: int, window: int) -> int:
-    """Index of the first step measured within ``budget``: bisection, then a scan of ``window`` steps either side.
+def first_within(fits, steps: int, window: int) -> int:
+    """Index of the first step that ``fits`` (runs within the budget): bisection, then a scan of ``window`` steps
+    either side.
 
-    ``latencies(i)`` measures step ``i`` (cached by the caller); step ``steps - 1`` must be within the budget.
+    ``fits(i)`` decides step ``i`` (cached by the caller); step ``steps - 1`` must fit.
     """
-    low, high = 0, steps - 1  # latencies(high) <= budget; find the first such index assuming monotone
+    low, high = 0, steps - 1  # fits(high); find the first such index assuming monotone
     while high - low > 1:
         middle = (low + high) // 2
-        if latencies(middle) <= budget:
+        if fits(middle):
             high = middle
         else:
             low = middle
     for index in range(max(0, high - window), min(steps, high + window + 1)):
-        if latencies(index) <= budget:
+        if fits(index):
             return index
     return high
 
@@ -105,7 +107,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--window", type=int, default=3,
                         help="MACs search steps and uniform networks either side of each crossing, timed in the rounds")
-    parser.add_argument("--decide", type=int, default=1, help="rounds behind each first look (the least kept)")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="slower than the pick by at most this fraction counts as equally fast (default 0.02: "
+                             "two timings of the same networks differ by a median 2-3%% on an idle 2-core VM)")
+    parser.add_argument("--decide", type=int, default=3, help="interleaved rounds of each first look beside the pick")
     parser.add_argument("--images", type=int, help="score the first N held-out images only (default: all)")
     parser.add_argument("--data-dir", help="where the run's data lives now")
     parser.add_argument("--score", default="chosen", choices=["chosen", "all"],
@@ -131,22 +136,26 @@ def main() -> None:
     print(f"{pick_path.stem} of {args.latency_search} against {args.macs_search} ({len(macs_steps)} steps), "
           f"{key.describe()}, {args.clock} clock", flush=True)
 
-    cache: dict[tuple, float] = {}
+    shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
+    cache: dict[tuple, bool] = {}
 
-    def measure(config) -> float:
+    def fits(config) -> bool:
+        """A first look: ``config`` timed beside the pick (--decide interleaved rounds) and at most as slow."""
         found = tuple(sorted(config.items()))
         if found not in cache:
-            cache[found] = measure_config(supernet, config, look_timer)
+            pick_ms, config_ms = look_timer.networks([materialize(supernet, pick), materialize(supernet, config)],
+                                                     shape)
+            cache[found] = config_ms <= pick_ms
         return cache[found]
 
-    # locate: the neighbourhood of equal latency, from a first look at each network (--decide rounds)
-    rough = measure(pick)
-    print(f"pick measured at {rough:.3f} ms (a first look; the rounds decide)", flush=True)
+    # locate: the neighbourhood of equal latency, each network looked at beside the pick
     steps = len(macs_steps)
-    index = first_within(lambda i: measure(macs_steps[i].config), rough, steps, args.window) \
-        if measure(macs_steps[-1].config) <= rough else steps - 1
+    index = first_within(lambda i: fits(macs_steps[i].config), steps, args.window) \
+        if fits(macs_steps[-1].config) else steps - 1
     ladder = uniform_ladder(supernet)
-    within = (last_accepted(lambda i: measure(ladder[i - 1][1]) <= rough, len(ladder)) or 1) - 1
+    within = (last_accepted(lambda i: fits(ladder[i - 1][1]), len(ladder)) or 1) - 1
+    print(f"first looks ({len(cache)} networks, each beside the pick): the MACs search crosses the pick's latency near "
+          f"step {index}, the uniform widths near {ladder[within][0]}", flush=True)
     macs_names = {f"MACs search step {i}": macs_steps[i].config
                   for i in range(max(0, index - args.window), min(steps, index + args.window + 1))}
     uniform_names = {f"uniform {widths}": config for widths, config in
@@ -154,24 +163,23 @@ def main() -> None:
     networks = {pick_path.stem: pick, **macs_names, **uniform_names, "full network": largest}
 
     # time every candidate together in interleaved rounds; choose from the least round of each
-    shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
     print(f"timing {len(networks)} networks in {args.rounds} interleaved rounds", flush=True)
     timed = timer.network_rounds([materialize(supernet, config) for config in networks.values()], shape)
     rounds = dict(zip(networks, timed))
     for name, values in rounds.items():
         print(f"  {name}: " + " ".join(f"{v:.3f}" for v in values), flush=True)
     latency = {name: min(values) for name, values in rounds.items()}
-    budget = latency[pick_path.stem]
+    budget = latency[pick_path.stem] * (1 + args.tolerance)  # as fast as the pick, to the timings' repeatability
     chosen_macs = first_within_budget(list(macs_names), latency, budget)
     chosen_uniform = first_within_budget(list(uniform_names), latency, budget)
     notes = []
     if chosen_macs is None:
-        notes.append(f"no MACs search step of the window ran within the pick's {budget:.3f} ms: widen --window"
+        notes.append(f"no MACs search step of the window ran within {budget:.3f} ms: widen --window"
                      " or continue the MACs search to a lower --flops")
     elif chosen_macs == next(iter(macs_names)) and chosen_macs != "MACs search step 0":
         notes.append("the window's first MACs search step ran within the pick's latency: widen --window")
     if chosen_uniform is None:
-        notes.append(f"no uniform network of the window ran within the pick's {budget:.3f} ms: widen --window")
+        notes.append(f"no uniform network of the window ran within {budget:.3f} ms: widen --window")
     elif chosen_uniform == next(iter(uniform_names)) and uniform_names[chosen_uniform] != ladder[-1][1]:
         notes.append("the window's widest uniform network ran within the pick's latency: widen --window")
     roles = {pick_path.stem: "pick", "full network": "full"}
@@ -198,7 +206,8 @@ def main() -> None:
                        kl=round(score.kl, 4) if score.kl is not None else "")
         rows.append(row)
     print(f"\nheld-out images: {size}; latency: the least of {args.rounds} interleaved rounds, each the median of "
-          f"{args.repeats} runs\n")
+          f"{args.repeats} runs; equally fast: at most {budget:.3f} ms (the pick's {latency[pick_path.stem]:.3f} ms "
+          f"+ {100 * args.tolerance:g}%)\n")
     print("| network | chosen as | MACs | params | latency ms | held-out top-1 % | cross-entropy "
           "| KL from largest |")
     print("|---|---|---|---|---|---|---|---|")
