@@ -22,7 +22,8 @@ def latency(run_dir, device, runtime, batch, threads, networks, rebuild) -> None
     """Measure the latency model of the supernet trained in RUN, and cache it in RUN/latency/.
 
     Every conv and linear call is timed alone at each channel count it can take, then whole static networks,
-    exported as the runtime runs them, are timed to fit the model (warm-up, median of repeats, pinned threads).
+    exported as the runtime runs them, are timed to fit the model (interleaved rounds of a warm-up and a median of
+    repeats, each one's fastest round kept; pinned threads).
     `autoslim search RUN --latency 3ms` uses the cached model (and measures one if there is none). A model
     measured on another CPU, GPU or torch/runtime version is measured again.
     """

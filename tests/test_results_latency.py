@@ -72,20 +72,20 @@ def test_the_macs_search_step_of_equal_latency_is_the_first_one_measured_within_
     first_within = _compare_module().first_within
     measured = []
 
-    def latency(values):
-        def measure(i):
+    def latency(values, budget):
+        def fits(i):
             measured.append(i)
-            return values[i]
-        return measure
+            return values[i] <= budget
+        return fits
 
     falling = [10.0 - i for i in range(10)]  # 10, 9, ..., 1 ms
-    assert first_within(latency(falling), 5.5, len(falling), window=0) == 5
+    assert first_within(latency(falling, 5.5), len(falling), window=0) == 5
     assert len(set(measured)) <= 5  # bisected, not scanned
     # measured latency need not fall at every step: a later step above the budget does not move the answer, and an
     # earlier one within it that bisection skipped is found by the window
     bumpy = [10, 9, 5, 8, 7, 5, 4, 6, 3, 2]
-    assert first_within(latency(bumpy), 5.5, len(bumpy), window=0) == 5
-    assert first_within(latency(bumpy), 5.5, len(bumpy), window=3) == 2
+    assert first_within(latency(bumpy, 5.5), len(bumpy), window=0) == 5
+    assert first_within(latency(bumpy, 5.5), len(bumpy), window=3) == 2
 
 
 def test_the_equal_latency_networks_are_chosen_from_the_medians_of_the_rounds():

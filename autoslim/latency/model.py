@@ -98,7 +98,7 @@ class LatencyModel:
             per image) and ``intercept`` (ms).
         networks: the whole networks of the fit: ``config``, ``measured_ms``, ``predicted_ms`` (and ``outlier``: True
             for one left out of the fit).
-        timing: how timings were taken (warm-up, repeats, block length).
+        timing: how timings were taken (warm-up, repeats, block length, rounds).
         created: when it was measured (ISO 8601, UTC).
         seconds: how long measuring it took.
     """
