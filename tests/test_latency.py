@@ -332,13 +332,13 @@ def test_onnxruntime_times_the_layer_it_is_given(supernet):
     import torch
 
     from autoslim.latency import OnnxRuntimeTimer
-    from autoslim.latency.timing import _one_node_onnx
+    from autoslim.latency.onnx_graph import one_node_onnx
 
     for layer, shape in [(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
                          (torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), (1, 6, 5, 5)),
                          (torch.nn.Conv2d(3, 4, 4, padding="same"), (1, 3, 7, 7)),
                          (torch.nn.Linear(5, 3), (2, 5))]:
-        session = onnxruntime.InferenceSession(_one_node_onnx(layer, shape), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(one_node_onnx(layer, shape), providers=["CPUExecutionProvider"])
         x = torch.randn(shape)
         (out,) = session.run(None, {"x": x.numpy()})
         torch.testing.assert_close(torch.from_numpy(out), layer(x).detach(), rtol=1e-4, atol=1e-5)

@@ -121,15 +121,14 @@ def compare_latency(supernet: Supernet, config: Mapping[str, int], timer: Timer,
     else:
         rows += [None, None]
     rows.append(("full network", supernet.largest_config(), supernet.width_mult))
-    timed = [row for row in rows if row is not None]
-    milliseconds = dict(zip(map(id, timed), measure_configs(supernet, [c for _, c, _ in timed], timer)))
+    timings = iter(measure_configs(supernet, [row[1] for row in rows if row is not None], timer))
 
     def measured(row: Optional[tuple[str, Mapping[str, int], Optional[float]]]) -> Optional[Measured]:
         if row is None:
             return None
         label, candidate, width = row
         cost = supernet.cost(candidate)
-        return Measured(label, cost.macs, cost.params, milliseconds[id(row)], width)
+        return Measured(label, cost.macs, cost.params, next(timings), width)
 
-    searched, within, equal, full = map(measured, rows)
+    searched, within, equal, full = [measured(row) for row in rows]  # in order: the timings are consumed in turn
     return LatencyComparison(searched, budget, within, equal, full)
