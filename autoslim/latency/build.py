@@ -170,6 +170,7 @@ def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24,
                          timing=_timing_of(timer))
     features = feature_function(model, supernet)
     shape = (key.batch, supernet.in_channels, supernet.input_size, supernet.input_size)
+
     def networks_timed(done: int, of: int) -> None:
         if on_progress:
             on_progress(len(grid) + round(done / of * len(configs)), total,

@@ -225,7 +225,7 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
     with torch.no_grad():
         uniform = _score_uniform(supernet, scorer)
     picks = {target.label: pick(steps, target) for target in targets}
-    baselines = {}
+    baselines, baseline_configs = {}, {}
     for target in targets:
         if target.kind == "latency":
             found = widest_uniform(supernet, lambda config: predict(config) <= target.value)
@@ -237,16 +237,15 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
             with torch.no_grad():
                 score = scorer(config, [(None, config)])[0]
             baselines[target.label] = {"width": width, **supernet.cost(config)._asdict(),
-                                       "accuracy": score.accuracy, "loss": score.loss, "config": config}
+                                       "accuracy": score.accuracy, "loss": score.loss}
+            baseline_configs[target.label] = config
     measured = {}
     if predict is not None:  # every pick and baseline timed together, in interleaved rounds
-        timed = _measure(supernet, [step.config for step in picks.values()]
-                         + [b["config"] for b in baselines.values()], predict, timer)
+        timed = _measure(supernet, [step.config for step in picks.values()] + list(baseline_configs.values()),
+                         predict, timer)
         measured = dict(zip(picks, timed))
-        for baseline, measured_latency in zip(baselines.values(), timed[len(picks):]):
-            baseline["latency"] = measured_latency
-    for baseline in baselines.values():
-        del baseline["config"]
+        for label, measured_latency in zip(baseline_configs, timed[len(picks):]):
+            baselines[label]["latency"] = measured_latency
     result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
                           work={"seconds": seconds, "macs_executed": scorer.macs_executed,
                                 "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
