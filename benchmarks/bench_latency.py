@@ -9,7 +9,11 @@ width instead), exports and times each whole network, and prints per runtime and
 - the median and 90th percentile of the absolute relative error (target: median <= 10%),
 - the same two figures for a fit of latency on MACs alone (``a * MACs + c`` on the same fit networks), i.e. what
   the per-layer model adds over the MAC count,
-- the build time of the model and the measured range.
+- the build time of the model and the measured range,
+- the level: the full network timed beside the held-out networks over its time in the model's fit (1.15: the
+  machine ran 15% slower than while the model was measured, minutes earlier), and the median error of the
+  predictions scaled by it. The targets are judged on the unscaled error; the scaled one says how much of it is the
+  machine's drift rather than the model.
 
     python benchmarks/bench_latency.py [--space resnet20_cifar | --run RUN] [--runtimes torch onnxruntime]
         [--batches 1 32] [--threads 1] [--networks 24] [--held-out 30] [--json results/latency.json]
@@ -156,13 +160,15 @@ def main() -> None:
             built = time.perf_counter() - began
             predict = model.bind(supernet)
             predicted = [predict(config) for config in configs]
-            measured = measure_configs(supernet, configs, timer)
+            *measured, full_now = measure_configs(supernet, configs + [supernet.largest_config()], timer)
+            level = full_now / model.full_network_ms  # the machine's speed now against the model's build
             # latency on MACs alone, fitted on the same networks by relative error
             fit_ms = np.array([n["measured_ms"] for n in model.networks])
             design = np.column_stack([fit_macs, np.ones(len(fit_ms))]) / fit_ms[:, None]
             (a, c), *_ = np.linalg.lstsq(design, np.ones(len(fit_ms)), rcond=None)
             by_macs = [a * m + c for m in macs]
             error, macs_error = errors(predicted, measured), errors(by_macs, measured)
+            leveled = errors([level * p for p in predicted], measured)
             row = {"runtime": runtime, "batch": batch, "threads": args.threads, "device": args.device,
                    "description": model.description, "build_seconds": built, "layer_calls": len(model.layers),
                    "fit_networks": len(model.networks), "coefficients": model.coefficients,
@@ -170,6 +176,8 @@ def main() -> None:
                    "median_error": statistics.median(error), "p90_error": float(np.percentile(error, 90)),
                    "max_error": max(error), "macs_spearman": spearman(by_macs, measured),
                    "macs_median_error": statistics.median(macs_error),
+                   "full_network_ms": {"model": model.full_network_ms, "held_out": full_now}, "level": level,
+                   "leveled_median_error": statistics.median(leveled),
                    "measured_range_ms": [min(measured), max(measured)],
                    "networks": [{"config": c, "macs": m, "predicted_ms": p, "measured_ms": t}
                                 for c, m, p, t in zip(configs, macs, predicted, measured)]}
@@ -177,18 +185,21 @@ def main() -> None:
             verdict = "meets" if row["spearman"] >= 0.95 and row["median_error"] <= 0.10 else "misses"
             print(f"{runtime:>11} batch {batch:>3}: Spearman {row['spearman']:.3f}, median |error| "
                   f"{100 * row['median_error']:.1f}% (p90 {100 * row['p90_error']:.1f}%, max "
-                  f"{100 * row['max_error']:.1f}%) [{verdict} >= 0.95 / <= 10%]; MACs alone: Spearman "
+                  f"{100 * row['max_error']:.1f}%) [{verdict} >= 0.95 / <= 10%]; the full network ran "
+                  f"{level:.2f}x its time in the model (predictions scaled by it: median |error| "
+                  f"{100 * row['leveled_median_error']:.1f}%); MACs alone: Spearman "
                   f"{row['macs_spearman']:.3f}, median |error| {100 * row['macs_median_error']:.1f}%; measured "
                   f"{min(measured):.3f}-{max(measured):.3f} ms; model built in {built:.0f} s ({len(model.layers)} "
                   f"layer calls, {len(model.networks)} networks; fit {model.coefficients})", flush=True)
     print()
     print("| runtime | batch | threads | Spearman | median error | p90 error | MACs alone: Spearman, median error "
-          "| build |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| level (full network, held-out / model) | median error at the held-out level | build |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         print(f"| {row['runtime']} | {row['batch']} | {row['threads']} | {row['spearman']:.3f} | "
               f"{100 * row['median_error']:.1f}% | {100 * row['p90_error']:.1f}% | {row['macs_spearman']:.3f}, "
-              f"{100 * row['macs_median_error']:.1f}% | {row['build_seconds']:.0f} s |")
+              f"{100 * row['macs_median_error']:.1f}% | {row['level']:.2f} | {100 * row['leveled_median_error']:.1f}% "
+              f"| {row['build_seconds']:.0f} s |")
     if args.json:
         from autoslim.io import write_json
 

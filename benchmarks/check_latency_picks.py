@@ -4,7 +4,9 @@ For each latency pick of SEARCH the script writes the pick's static network as t
 (TorchScript for ``torch``, ONNX for ``onnxruntime``), then times it in a new Python process that imports neither
 autoslim nor the search (batch and threads of the search; as the library times: rounds of a warm-up and the median of
 ``--repeats`` runs, the least round kept), and prints the budget, the predicted latency and the one measured at the
-end of the search beside the fresh measurement, and whether it is within 15% of the budget.
+end of the search beside the fresh measurement, and whether it is within 15% of the budget. The full network is
+timed the same way first: its fresh latency over its latency in the model says how much faster or slower the machine
+runs now than when the model was measured (a drift the predictions cannot know), and the last column divides it out.
 
     python benchmarks/check_latency_picks.py SEARCH [--rounds 10] [--repeats 40]
 
@@ -26,6 +28,7 @@ import torch
 from autoslim.channel_config import load_config
 from autoslim.checkpoint import load_run
 from autoslim.export import onnx_bytes, search_run_dir, torchscript_bytes
+from autoslim.latency import load_model
 from autoslim.network.static import materialize
 
 _TIMER = textwrap.dedent("""
@@ -82,28 +85,43 @@ def main() -> None:
     shape = (latency["batch"], supernet.in_channels, supernet.input_size, supernet.input_size)
     print(f"{search}: {latency['described']} on {latency['description'].get('cpu')}; fresh processes, the least of "
           f"{args.rounds} rounds' medians of {args.repeats} runs (the slowest round in brackets)")
-    print("| pick | budget | predicted | measured in search | measured fresh | fresh / budget | within 15% |")
-    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
-        for path in sorted((search / "configs").glob("latency-*.yaml")):
-            config = load_config(path)
-            budget = float(config.source["target"]["latency"])
-            static = materialize(supernet, supernet.validate_config(config.channels)).eval()
+
+        def fresh_ms(name, channels):
+            static = materialize(supernet, supernet.validate_config(channels)).eval()
             example = torch.randn(shape)
             if latency["runtime"] == "torch":
-                file, data = Path(scratch) / f"{path.stem}.pt", torchscript_bytes(static, example)
+                file, data = Path(scratch) / f"{name}.pt", torchscript_bytes(static, example)
             else:
-                file, data = Path(scratch) / f"{path.stem}.onnx", onnx_bytes(static, example)
+                file, data = Path(scratch) / f"{name}.onnx", onnx_bytes(static, example)
             file.write_bytes(data)
             timed = subprocess.run([sys.executable, "-c", _TIMER, str(file), latency["runtime"],
                                     ",".join(map(str, shape)), str(latency["threads"]), str(args.rounds),
                                     str(args.repeats)],
                                    capture_output=True, text=True, check=True)
-            fresh, slowest = map(float, timed.stdout.strip().splitlines()[-1].split())
+            return tuple(map(float, timed.stdout.strip().splitlines()[-1].split()))
+
+        model = load_model(latency["model"])
+        then = model.full_network_ms
+        if model.identity != latency["identity"]:
+            print(f"note: {latency['model']} was measured again after the search ({model.identity}, the search used "
+                  f"{latency['identity']}): the level below is against the newer model")
+        full, full_slowest = fresh_ms("full", supernet.largest_config())
+        level = full / then
+        print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}), {then:.3f} ms in the latency model: the "
+              f"machine runs {level:.2f}x the model's time now")
+        print("| pick | budget | predicted | measured in search | measured fresh | fresh / budget | within 15% "
+              "| fresh / budget at the model's level |")
+        print("|---|---|---|---|---|---|---|---|")
+        for path in sorted((search / "configs").glob("latency-*.yaml")):
+            config = load_config(path)
+            budget = float(config.source["target"]["latency"])
+            fresh, slowest = fresh_ms(path.stem, config.channels)
             recorded = config.cost.get("latency", {})
             print(f"| {path.stem} | {budget:.3f} ms | {recorded.get('predicted_ms', float('nan')):.3f} ms | "
-                  f"{recorded.get('measured_ms', float('nan')):.3f} ms | {fresh:.3f} ms ({slowest:.3f}) | {fresh / budget:.2f} | "
-                  f"{'yes' if fresh <= 1.15 * budget else 'no'} |", flush=True)
+                  f"{recorded.get('measured_ms', float('nan')):.3f} ms | {fresh:.3f} ms ({slowest:.3f}) | "
+                  f"{fresh / budget:.2f} | {'yes' if fresh <= 1.15 * budget else 'no'} | "
+                  f"{fresh / level / budget:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

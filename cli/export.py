@@ -43,7 +43,7 @@ def export_config(search_dir, flops, params, latency, latency_device, runtime, l
     from autoslim.export import export_search
     from autoslim.latency import LatencyKey
     from autoslim.search.targets import parse_targets
-    from cli.console import console, progress, table
+    from cli.console import console, error_console, progress, table
     from cli.latency import print_comparison
 
     targets = parse_targets([flops] if flops else [], [params] if params else [], [latency] if latency else [])
@@ -81,3 +81,6 @@ def export_config(search_dir, flops, params, latency, latency_device, runtime, l
         predicted = config.cost["latency"]["predicted_ms"]
         print_comparison(result.latency, f"{result.label} measured on {model['described']} (predicted "
                                          f"{predicted:.3f} ms)")
+        drift = model.get("drift") or {}
+        if drift.get("warning"):
+            error_console.print(f"[bold yellow]warning:[/] {drift['warning']}", soft_wrap=True)

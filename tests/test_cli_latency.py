@@ -129,6 +129,9 @@ def test_search_under_latency_picks_within_the_predicted_budget(fresh_run, fake_
     assert latency["runtime"] == "torch" and latency["batch"] == 1 and "cpu" in latency["description"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["latency"]["identity"].startswith("cpu-torch-b1-t1@")
+    drift = summary["latency"]["drift"]  # the full network, timed beside the picks, ran as fast as in the model
+    assert drift["ratio"] == pytest.approx(1.0) and drift["warning"] is None and "warning" not in result.output
+    assert drift["full_network_ms_now"] == pytest.approx(high)
     target = summary["targets"][label]
     assert set(target["latency"]) == {"predicted_ms", "measured_ms"}
     assert target["uniform"]["latency"]["predicted_ms"] <= budget
@@ -143,6 +146,27 @@ def test_search_under_latency_picks_within_the_predicted_budget(fresh_run, fake_
     assert load_config(exported).channels == config.channels
     assert "full network" in result.output and "widest within" in result.output
     assert {"predicted_ms", "measured_ms", "description"} <= set(load_config(exported).cost["latency"])
+
+
+def test_a_device_slower_than_when_the_model_was_measured_is_one_warning(fresh_run, monkeypatch, tmp_path):
+    monkeypatch.setattr(autoslim.latency.cache, "make_timer", lambda key, settings=None: FakeTimer(key))
+    assert _invoke("latency", fresh_run, "--networks", 5).exit_code == 0
+    low, high, _ = _range(fresh_run)
+    slower = FakeTimer(LatencyKey(), offset_ms=0.25 * high)  # every whole network now takes 0.25 x full longer
+    monkeypatch.setattr(autoslim.latency, "make_timer", lambda key, settings=None: slower)
+    out = tmp_path / "search"
+    result = _invoke("search", fresh_run, "--latency", f"{round(low + 0.5 * (high - low), 3)}ms", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert slower.layer_calls == 0 and slower.network_calls > 0  # the cached model was used, the picks were timed
+    assert "warning: the device runs 25% slower than when the latency model was measured" in result.output
+    drift = json.loads((out / "summary.json").read_text())["latency"]["drift"]
+    assert drift["ratio"] == pytest.approx(1.25) and drift["full_network_ms_then"] == pytest.approx(high)
+    label = next(p.stem for p in (out / "configs").glob("latency-*.yaml"))
+    assert load_config(out / "configs" / f"{label}.yaml").cost["latency"]["drift_ratio"] == pytest.approx(1.25)
+    result = _invoke("export-config", out, "--latency", label[len("latency-"):], "--out", tmp_path / "e.yaml")
+    assert result.exit_code == 0, result.output
+    assert "25% slower" in result.output
+    assert load_config(tmp_path / "e.yaml").cost["latency"]["drift_ratio"] == pytest.approx(1.25)
 
 
 def test_search_builds_the_model_on_demand(fresh_run, fake_timer, tmp_path):

@@ -3,6 +3,7 @@ budgets and targets, and the greedy search under a latency limit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -14,6 +15,7 @@ from autoslim.latency import (LatencyKey, LatencyModel, LayerTable, Measured, La
                               build_latency_model, compare_latency, fit_configs, latency_model, load_model,
                               measure_config, model_path)
 from autoslim.latency.build import _fit
+from autoslim.network.static import materialize
 from autoslim.search.greedy import Score, Step, greedy_search
 from autoslim.search.targets import Target, check_targets, parse_targets, pick, stop_limits
 from autoslim.spaces import build_supernet, load_space
@@ -95,6 +97,18 @@ def test_fit_configs_span_the_space(supernet):
     assert configs[0] == supernet.largest_config() and configs[1] == supernet.smallest_config()
     assert len(configs) == 12 and len({json.dumps(c, sort_keys=True) for c in configs}) == 12
     assert fit_configs(supernet, 12, seed=0) == configs
+
+
+def test_drift_compares_the_full_network_with_its_timing_in_the_model(supernet, model):
+    then = model.full_network_ms
+    assert then == pytest.approx(FakeTimer().networks([materialize(supernet, supernet.largest_config())],
+                                                      (1, supernet.in_channels, supernet.input_size, supernet.input_size))[0])
+    assert model.drift(1.05 * then).warning is None and model.drift(0.95 * then).warning is None
+    slow, fast = model.drift(1.3 * then), model.drift(0.8 * then)
+    assert slow.ratio == pytest.approx(1.3) and "30% slower" in slow.warning and "--rebuild" in slow.warning
+    assert fast.ratio == pytest.approx(0.8) and "20% faster" in fast.warning
+    assert slow.to_dict() == {"full_network_ms_then": then, "full_network_ms_now": 1.3 * then, "ratio": slow.ratio}
+    assert dataclasses.replace(model, networks=[]).drift(then) is None
 
 
 def test_a_model_of_another_architecture_is_refused(model):

@@ -130,7 +130,8 @@ class ExportResult:
         checks: one per model file written, in the order written.
         latency: for a latency target, the config's measured latency beside the uniform and full networks
             (:class:`autoslim.latency.LatencyComparison`).
-        latency_model: for a latency target, the model used: ``path``, ``status`` and ``described``.
+        latency_model: for a latency target, the model used: ``path``, ``status``, ``described`` and ``drift`` (the
+            full network now against when the model was measured: :class:`autoslim.latency.Drift`).
     """
 
     label: str
@@ -206,10 +207,14 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
         from ..latency import compare_latency
 
         result.latency = compare_latency(run.supernet, config.channels, timer, budget_ms=target.value, predict=predict)
-        result.latency_model = {"path": str(found.path), "status": found.status, "described": latency_key.describe()}
+        drift = found.model.drift(result.latency.full.measured_ms)
+        result.latency_model = {"path": str(found.path), "status": found.status, "described": latency_key.describe(),
+                                "drift": None if drift is None else {**drift.to_dict(), "warning": drift.warning}}
         config.cost["latency"] = {"predicted_ms": predict(config.channels),
                                   "measured_ms": result.latency.searched.measured_ms, **latency_key.to_dict(),
                                   "description": found.model.description}
+        if drift is not None:
+            config.cost["latency"]["drift_ratio"] = drift.ratio
     if files:
         data = run.load_data(data_dir=data_dir)
         static = calibrated_static(run, config.channels, data)

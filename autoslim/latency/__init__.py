@@ -15,14 +15,13 @@
 
 from .timing import (DEVICES, RUNTIMES, LatencyKey, TimingSettings, Timer, TorchTimer, OnnxRuntimeTimer, make_timer,
                      device_description, require_onnxruntime)
-from .model import FORMAT, LayerTable, LatencyModel, supernet_fingerprint, Progress
+from .model import FORMAT, DRIFT_TOLERANCE, Drift, LayerTable, LatencyModel, supernet_fingerprint, Progress
 from .build import build_latency_model, fit_configs
 from .cache import LATENCY_DIR, model_path, load_model, stale_reason, CachedModel, latency_model
 from .compare import measure_config, measure_configs, Measured, LatencyComparison, compare_latency
 
 __all__ = ["DEVICES", "RUNTIMES", "LatencyKey", "TimingSettings", "Timer", "TorchTimer", "OnnxRuntimeTimer",
-           "make_timer", "device_description", "require_onnxruntime", "FORMAT", "LayerTable", "LatencyModel",
-           "build_latency_model", "fit_configs", "supernet_fingerprint", "Progress", "LATENCY_DIR", "model_path",
-           "load_model", "stale_reason", "CachedModel", "latency_model", "measure_config",
-           "measure_configs", "Measured",
-           "LatencyComparison", "compare_latency"]
+           "make_timer", "device_description", "require_onnxruntime", "FORMAT", "DRIFT_TOLERANCE", "Drift",
+           "LayerTable", "LatencyModel", "build_latency_model", "fit_configs", "supernet_fingerprint", "Progress",
+           "LATENCY_DIR", "model_path", "load_model", "stale_reason", "CachedModel", "latency_model",
+           "measure_config", "measure_configs", "Measured", "LatencyComparison", "compare_latency"]

@@ -27,16 +27,20 @@ import bisect
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..network.supernet import Supernet
 from ..network.trace_records import input_count
 from .timing import LatencyKey
 
-__all__ = ["FORMAT", "FEATURES", "LayerTable", "LatencyModel", "supernet_fingerprint", "feature_function", "Progress"]
+__all__ = ["FORMAT", "FEATURES", "DRIFT_TOLERANCE", "LayerTable", "LatencyModel", "Drift", "supernet_fingerprint",
+           "feature_function", "Progress"]
 
 FORMAT = "autoslim-latency/1"
 FEATURES = ("lookup", "activations", "macs", "intercept")
+
+DRIFT_TOLERANCE = 0.10
+"""How far the full network's latency may move from the model's before :class:`Drift` warns (a fraction)."""
 
 Progress = Callable[[int, int, str], None]
 """``on_progress(done, total, what)``: called as the measurements of a model are made."""
@@ -139,6 +143,18 @@ class LatencyModel:
 
         return predict
 
+    @property
+    def full_network_ms(self) -> Optional[float]:
+        """The full network's latency when the model was measured (the fit's first network is the largest config,
+        timed in the same rounds as the others), or None for a model without fit networks."""
+        return float(self.networks[0]["measured_ms"]) if self.networks else None
+
+    def drift(self, full_network_ms: float) -> Optional[Drift]:
+        """How the device's speed moved since the model was measured, from the full network timed now (None when
+        the model holds no timing of it)."""
+        then = self.full_network_ms
+        return None if then is None else Drift(then, float(full_network_ms))
+
     def predict(self, supernet: Supernet, config: Mapping[str, int]) -> float:
         """Predicted milliseconds of ``config``'s static network (see :meth:`bind` for many configs)."""
         return self.bind(supernet)(config)
@@ -176,6 +192,39 @@ class LatencyModel:
                        created=str(data.get("created", "")), seconds=float(data.get("seconds", 0.0)))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: malformed latency model ({type(error).__name__}: {error})") from None
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The full network's latency when a latency model was measured and now.
+
+    A device runs everything slower or faster for minutes at a time (another job, its clock, a shared host):
+    timings taken together agree, timings taken apart can differ by tens of percent in level. The predictions
+    keep the level of the model's measurement, so a measured latency differs from its prediction by about
+    :attr:`ratio` as well as by the model's error. The full network is timed beside the networks it checks.
+    """
+
+    then_ms: float
+    now_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """Now over then: 1.2 means the device runs 20% slower than when the model was measured."""
+        return self.now_ms / self.then_ms
+
+    @property
+    def warning(self) -> Optional[str]:
+        """One line when the level moved by more than :data:`DRIFT_TOLERANCE`, else None."""
+        if abs(self.ratio - 1) <= DRIFT_TOLERANCE:
+            return None
+        direction = "slower" if self.ratio > 1 else "faster"
+        return (f"the device runs {abs(self.ratio - 1):.0%} {direction} than when the latency model was measured (the "
+                f"full network: {self.now_ms:.3f} ms now, {self.then_ms:.3f} ms then), so measured latencies differ "
+                f"from the predictions by about as much; if it lasts, measure the model again (autoslim latency RUN "
+                f"--rebuild)")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"full_network_ms_then": self.then_ms, "full_network_ms_now": self.now_ms, "ratio": self.ratio}
 
 
 def supernet_fingerprint(supernet: Supernet) -> str:

@@ -167,7 +167,7 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
         raise ValueError("give at least one target (--flops 300M, --params 2M, --latency 3ms) or --to-smallest")
     check_targets([t for t in targets if t.kind != "latency"], largest=tuple(largest_cost),
                   smallest=tuple(smallest_cost))
-    predict, timer, latency = None, None, None
+    predict, timer, latency, model = None, None, None, None
     if any(t.kind == "latency" for t in targets):
         from ..latency import latency_model, make_timer
 
@@ -175,10 +175,11 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
         timer = latency_timer if latency_timer is not None else make_timer(key)
         found = latency_model(run.path, supernet, key, timer=timer, networks=settings.latency_networks,
                               seed=settings.seed, on_progress=on_latency)
-        predict = found.model.bind(supernet)
-        settings = dataclasses.replace(settings, latency_model=found.model.identity)
-        latency = {**key.to_dict(), "described": key.describe(), "description": found.model.description,
-                   "model": str(found.path), "identity": found.model.identity, "status": found.status}
+        model = found.model
+        predict = model.bind(supernet)
+        settings = dataclasses.replace(settings, latency_model=model.identity)
+        latency = {**key.to_dict(), "described": key.describe(), "description": model.description,
+                   "model": str(found.path), "identity": model.identity, "status": found.status}
         largest_cost, smallest_cost = (*largest_cost, predict(largest)), (*smallest_cost, predict(smallest))
         check_targets([t for t in targets if t.kind == "latency"], largest=largest_cost, smallest=smallest_cost)
     history = _open_search(out, settings, largest, force=force)
@@ -240,12 +241,16 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
                                        "accuracy": score.accuracy, "loss": score.loss}
             baseline_configs[target.label] = config
     measured = {}
-    if predict is not None:  # every pick and baseline timed together, in interleaved rounds
-        timed = _measure(supernet, [step.config for step in picks.values()] + list(baseline_configs.values()),
-                         predict, timer)
+    if predict is not None:  # every pick and baseline timed together, in interleaved rounds, beside the full network
+        timed = _measure(supernet, [step.config for step in picks.values()] + list(baseline_configs.values())
+                         + [largest], predict, timer)
+        *timed, full = timed
         measured = dict(zip(picks, timed))
         for label, measured_latency in zip(baseline_configs, timed[len(picks):]):
             baselines[label]["latency"] = measured_latency
+        drift = model.drift(full["measured_ms"])
+        if drift is not None:
+            latency["drift"] = {**drift.to_dict(), "warning": drift.warning}
     result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
                           work={"seconds": seconds, "macs_executed": scorer.macs_executed,
                                 "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
@@ -326,6 +331,8 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
         if target.label in result.measured:
             latency = {**result.measured[target.label], **{k: result.latency[k] for k in
                                                             ("device", "runtime", "batch", "threads", "description")}}
+            if "drift" in result.latency:
+                latency["drift_ratio"] = result.latency["drift"]["ratio"]
             cost["latency"] = latency
         save_config(path, ChannelConfig(
             space=run.settings.space, channels=step.config, space_options=space_options, cost=cost,
