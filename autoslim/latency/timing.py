@@ -308,8 +308,12 @@ class _RoundTimer:
 
     def network_rounds(self, networks: Sequence[nn.Module], shape: tuple[int, ...],
                        on_timed: Optional[OnTimed] = None) -> list[list[float]]:
-        """Every round's milliseconds of each network (their least is what :meth:`networks` gives)."""
-        return self._interleave([self._prepare_network(network, shape) for network in networks], on_timed)
+        """Every round's milliseconds of each network (their least is what :meth:`networks` gives); in groups that
+        fit the memory, each led by the first network (:func:`~autoslim.latency.memory.grouped_rounds`)."""
+        from .memory import grouped_rounds
+
+        return grouped_rounds(networks, shape, lambda group, timed: self._interleave(
+            [self._prepare_network(network, shape) for network in group], timed), on_timed)
 
     def networks(self, networks: Sequence[nn.Module], shape: tuple[int, ...], on_timed: Optional[OnTimed] = None
                  ) -> list[float]:
