@@ -168,7 +168,7 @@ def test_a_model_timed_in_one_round_is_remeasured(supernet, tmp_path):
 
 
 def test_timings_interleave_in_rounds_and_keep_each_ones_least_round():
-    from autoslim.latency.timing import _interleaved_ms
+    from autoslim.latency.rounds import interleaved_ms
 
     calls, now = [], [0]
 
@@ -186,7 +186,7 @@ def test_timings_interleave_in_rounds_and_keep_each_ones_least_round():
 
     settings = TimingSettings(warmup=2, repeats=3, rounds=4, min_block_ms=0.0)
     done = []
-    rounds = _interleaved_ms([slow_stretch("a", 1.0), slow_stretch("b", 2.0)], settings, clock,
+    rounds = interleaved_ms([slow_stretch("a", 1.0), slow_stretch("b", 2.0)], settings, clock,
                              lambda d, t: done.append((d, t)))
     # sizing (warm-up and one run each), then per round: a's warm-up and repeats, then b's
     assert calls[:6] == ["a", "a", "a", "b", "b", "b"]

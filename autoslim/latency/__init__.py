@@ -3,7 +3,8 @@
 - :mod:`~autoslim.latency.timing`: ``LatencyKey`` (device, runtime, batch, threads) and the timers that measure
   layers and whole exported networks like a benchmark (interleaved rounds of warm-up and a median of repeats, the
   least round kept; pinned threads, CUDA events);
-- :mod:`~autoslim.latency.memory`: whole networks timed in groups that fit the memory, tied by an anchor network;
+- :mod:`~autoslim.latency.rounds`: how timings are scheduled: interleaved rounds, layers in chunks and networks in
+  groups that fit the memory, each part tied to the first by an anchor;
 - :mod:`~autoslim.latency.onnx_graph`: the one-node ONNX graphs that ONNX Runtime times a single layer as;
 - :mod:`~autoslim.latency.model`: ``LatencyModel``, a per-layer lookup corrected by a fit on whole networks, and its
   predictor of milliseconds per config;

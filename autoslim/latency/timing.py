@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import math
 import os
 import platform
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +25,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
+
+from .rounds import OnTimed, grouped_rounds, interleaved_ms, layers_ms
 
 __all__ = ["DEVICES", "RUNTIMES", "LatencyKey", "TimingSettings", "Timer", "TorchTimer", "OnnxRuntimeTimer",
            "make_timer", "device_description", "require_onnxruntime"]
@@ -107,9 +107,6 @@ class TimingSettings:
             raise ValueError(f"unknown timing clock {self.clock!r}: use wall or thread")
 
 
-OnTimed = Callable[[int, int], None]  # (done, total): after each network or layer of each round
-
-
 class Timer(Protocol):
     """Measures milliseconds per call on one :class:`LatencyKey`."""
 
@@ -187,58 +184,6 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _interleaved_ms(runs: Sequence[Callable[[], Any]], settings: TimingSettings,
-                    clock: Callable[[Callable[[], Any], int], float], on_timed: Optional[OnTimed] = None
-                    ) -> list[list[float]]:
-    """Every round's median (or least) milliseconds per run of each of ``runs``, timed in interleaved rounds.
-
-    ``clock(run, number)`` returns the seconds ``number`` runs take. The block of runs per timing is sized once, by a
-    warm-up and one timed run of each, to last ``min_block_ms``.
-    """
-    numbers = []
-    for run in runs:
-        for _ in range(settings.warmup):
-            run()
-        single_ms = clock(run, 1) * 1e3
-        numbers.append(1 if single_ms >= settings.min_block_ms
-                       else math.ceil(settings.min_block_ms / max(single_ms, 1e-6)))
-    rounds: list[list[float]] = [[] for _ in runs]
-    total = settings.rounds * len(runs)
-    for r in range(settings.rounds):
-        for i, (run, number) in enumerate(zip(runs, numbers)):
-            for _ in range(settings.warmup):  # what ran in between left the caches to others
-                run()
-            times = [clock(run, number) / number for _ in range(settings.repeats)]
-            rounds[i].append((min(times) if settings.statistic == "min" else statistics.median(times)) * 1e3)
-            if on_timed:
-                on_timed(r * len(runs) + i + 1, total)
-    return rounds
-
-
-_CHUNK = 64  # layers timed together at most (each holds its own session or module)
-
-
-def _layers_ms(calls: Sequence[tuple[nn.Module, tuple[int, ...]]], empty: dict[tuple[int, ...], float],
-               prepare: Callable[[nn.Module, tuple[int, ...]], Callable[[], Any]],
-               interleave: Callable[..., list[list[float]]], on_timed: Optional[OnTimed]) -> list[float]:
-    """Each layer's least round less the cost of an empty call on its shape (``empty``, measured with the first
-    chunk that needs it and kept), in chunks of ``_CHUNK`` interleaved layers."""
-    results: list[float] = []
-    for start in range(0, len(calls), _CHUNK):
-        chunk = calls[start:start + _CHUNK]
-        shapes = list(dict.fromkeys(shape for _, shape in chunk if shape not in empty))
-        runs = [prepare(nn.Identity(), shape) for shape in shapes] + [prepare(layer, shape) for layer, shape in chunk]
-
-        def timed(done: int, total: int, offset: int = start) -> None:
-            if on_timed:
-                on_timed(offset + round(done / total * len(chunk)), len(calls))
-
-        least = [min(r) for r in interleave(runs, timed)]
-        empty.update(zip(shapes, least[:len(shapes)]))
-        results += [max(0.0, ms - empty[shape]) for ms, (_, shape) in zip(least[len(shapes):], chunk)]
-    return results
-
-
 def _wall_clock(run: Callable[[], Any], number: int) -> float:
     began = time.perf_counter()
     for _ in range(number):
@@ -297,11 +242,11 @@ class _RoundTimer:
 
     def _interleave(self, runs: Sequence[Callable[[], Any]], on_timed: Optional[OnTimed] = None) -> list[list[float]]:
         with self._session():
-            return _interleaved_ms(runs, self.settings, self._clock, on_timed)
+            return interleaved_ms(runs, self.settings, self._clock, on_timed)
 
     def layers(self, calls: Sequence[tuple[nn.Module, tuple[int, ...]]], on_timed: Optional[OnTimed] = None
                ) -> list[float]:
-        return _layers_ms(calls, self._empty, self._prepare_layer, self._interleave, on_timed)
+        return layers_ms(calls, self._empty, self._prepare_layer, self._interleave, on_timed)
 
     def layer(self, layer: nn.Module, shape: tuple[int, ...]) -> float:
         return self.layers([(layer, shape)])[0]
@@ -309,9 +254,7 @@ class _RoundTimer:
     def network_rounds(self, networks: Sequence[nn.Module], shape: tuple[int, ...],
                        on_timed: Optional[OnTimed] = None) -> list[list[float]]:
         """Every round's milliseconds of each network (their least is what :meth:`networks` gives); in groups that
-        fit the memory, each led by the first network (:func:`~autoslim.latency.memory.grouped_rounds`)."""
-        from .memory import grouped_rounds
-
+        fit the memory, each led by the first network (:func:`~autoslim.latency.rounds.grouped_rounds`)."""
         return grouped_rounds(networks, shape, lambda group, timed: self._interleave(
             [self._prepare_network(network, shape) for network in group], timed), on_timed)
 

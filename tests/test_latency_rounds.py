@@ -1,13 +1,14 @@
-"""Whole networks timed in groups that fit the memory, tied together by an anchor network."""
+"""How timings are scheduled: layers in chunks and whole networks in groups that fit the memory, each part tied to
+the first by an anchor."""
 
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
-import autoslim.latency.memory as memory
+import autoslim.latency.rounds as rounds_module
 from autoslim.latency import LatencyKey, TimingSettings, make_timer
-from autoslim.latency.memory import footprint, grouped_rounds, memory_groups
+from autoslim.latency.rounds import footprint, grouped_rounds, memory_groups
 
 
 def _net(width: int) -> nn.Module:
@@ -35,7 +36,7 @@ def test_memory_groups_fit_the_budget_and_lead_with_the_anchor(footprints, budge
 
 
 def test_grouped_timings_are_scaled_to_the_first_group_by_the_anchor(monkeypatch):
-    monkeypatch.setattr(memory, "footprint", lambda network, shape: 10)
+    monkeypatch.setattr(rounds_module, "footprint", lambda network, shape: 10)
     base = [1.0, 2.0, 3.0, 4.0, 5.0]
     networks = [nn.Identity() for _ in base]
     for network, ms in zip(networks, base):
@@ -57,11 +58,36 @@ def test_grouped_timings_are_scaled_to_the_first_group_by_the_anchor(monkeypatch
 
 
 def test_a_timer_short_of_memory_times_every_network_in_groups(monkeypatch):
-    monkeypatch.setattr(memory, "available_memory", lambda: 2 * footprint(_net(16), (1, 3, 16, 16)))
+    monkeypatch.setattr(rounds_module, "available_memory", lambda: 2 * footprint(_net(16), (1, 3, 16, 16)))
     groups = []
-    real = memory.memory_groups
-    monkeypatch.setattr(memory, "memory_groups", lambda f, b: groups.append(real(f, b)) or groups[-1])
+    real = rounds_module.memory_groups
+    monkeypatch.setattr(rounds_module, "memory_groups", lambda f, b: groups.append(real(f, b)) or groups[-1])
     timer = make_timer(LatencyKey(), TimingSettings(warmup=1, repeats=2, rounds=2))
     timed = timer.networks([_net(w) for w in (4, 8, 12, 16)], (1, 3, 16, 16))
     assert len(groups[0]) > 1 and all(group[0] == 0 for group in groups[0])
     assert len(timed) == 4 and all(ms > 0 for ms in timed)
+
+
+def test_layer_chunks_are_scaled_to_the_first_by_its_slowest_layer(monkeypatch):
+    monkeypatch.setattr(rounds_module, "CHUNK", 2)
+    base = {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.5, "e": 4.0}  # ms of each layer; an empty call takes 0.25 ms
+    chunks = []
+
+    def prepare(layer, shape):
+        return (getattr(layer, "name", "empty"), shape)
+
+    def interleave(runs, timed):  # every chunk runs 1.2x slower than the one before it
+        level = 1.2 ** len(chunks)
+        chunks.append([name for name, _ in runs])
+        timed(len(runs), len(runs))
+        return [[(0.25 if name == "empty" else base[name]) * level] * 2 for name, _ in runs]
+
+    layers = []
+    for name, shape in zip(base, [(1, 4), (1, 4), (1, 8), (1, 8), (1, 4)]):
+        layers.append((nn.Identity(), shape))
+        layers[-1][0].name = name
+    progress = []
+    timed = rounds_module.layers_ms(layers, {}, prepare, interleave, lambda done, total: progress.append(done))
+    assert chunks == [["empty", "a", "b"], ["empty", "c", "d", "b"], ["e", "b"]]  # b, the slowest, is the anchor
+    assert timed == pytest.approx([ms - 0.25 for ms in base.values()])  # every chunk's 1.2x divided out
+    assert progress[-1] == 5
