@@ -83,7 +83,7 @@ if has_stage compare; then
     --rounds 7 --window 5 --images 2048 --data-dir "$DATA" --csv "$RESULTS/compare_torch.csv" \
     | tee "$RESULTS/compare_torch.txt"
   "$PYTHON" benchmarks/compare_latency_search.py "$RUNS/search-latency-ort" "$RUNS/search-macs" \
-    --label "latency-$ORT_LATENCY" --rounds 7 --window 5 --images 2048 --data-dir "$DATA" \
+    --label "latency-$ORT_LATENCY" --rounds 7 --window 5 --images 2048 --score chosen --data-dir "$DATA" \
     --csv "$RESULTS/compare_onnxruntime.csv" | tee "$RESULTS/compare_onnxruntime.txt"
 fi
 
