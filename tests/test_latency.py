@@ -107,7 +107,8 @@ def test_drift_compares_the_full_network_with_its_timing_in_the_model(supernet, 
     slow, fast = model.drift(1.3 * then), model.drift(0.8 * then)
     assert slow.ratio == pytest.approx(1.3) and "30% slower" in slow.warning and "--rebuild" in slow.warning
     assert fast.ratio == pytest.approx(0.8) and "20% faster" in fast.warning
-    assert slow.to_dict() == {"full_network_ms_then": then, "full_network_ms_now": 1.3 * then, "ratio": slow.ratio}
+    assert slow.to_dict() == {"full_network_ms_then": then, "full_network_ms_now": 1.3 * then, "ratio": slow.ratio,
+                              "warning": slow.warning}
     assert dataclasses.replace(model, networks=[]).drift(then) is None
 
 

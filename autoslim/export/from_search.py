@@ -209,7 +209,7 @@ def export_search(search_dir: str | os.PathLike, *, target: Target | None = None
         result.latency = compare_latency(run.supernet, config.channels, timer, budget_ms=target.value, predict=predict)
         drift = found.model.drift(result.latency.full.measured_ms)
         result.latency_model = {"path": str(found.path), "status": found.status, "described": latency_key.describe(),
-                                "drift": None if drift is None else {**drift.to_dict(), "warning": drift.warning}}
+                                "drift": drift.to_dict() if drift else None}
         config.cost["latency"] = {"predicted_ms": predict(config.channels),
                                   "measured_ms": result.latency.searched.measured_ms, **latency_key.to_dict(),
                                   "description": found.model.description}

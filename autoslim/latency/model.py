@@ -223,8 +223,9 @@ class Drift:
                 f"from the predictions by about as much; if it lasts, measure the model again (autoslim latency RUN "
                 f"--rebuild)")
 
-    def to_dict(self) -> dict[str, float]:
-        return {"full_network_ms_then": self.then_ms, "full_network_ms_now": self.now_ms, "ratio": self.ratio}
+    def to_dict(self) -> dict[str, Any]:
+        return {"full_network_ms_then": self.then_ms, "full_network_ms_now": self.now_ms, "ratio": self.ratio,
+                "warning": self.warning}
 
 
 def supernet_fingerprint(supernet: Supernet) -> str:

@@ -242,15 +242,16 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
             baseline_configs[target.label] = config
     measured = {}
     if predict is not None:  # every pick and baseline timed together, in interleaved rounds, beside the full network
-        timed = _measure(supernet, [step.config for step in picks.values()] + list(baseline_configs.values())
-                         + [largest], predict, timer)
-        *timed, full = timed
+        from ..latency import measure_configs
+
+        configs = [step.config for step in picks.values()] + list(baseline_configs.values()) + [largest]
+        *timed, full = [{"predicted_ms": predict(config), "measured_ms": ms}
+                        for config, ms in zip(configs, measure_configs(supernet, configs, timer))]
         measured = dict(zip(picks, timed))
         for label, measured_latency in zip(baseline_configs, timed[len(picks):]):
             baselines[label]["latency"] = measured_latency
         drift = model.drift(full["measured_ms"])
-        if drift is not None:
-            latency["drift"] = {**drift.to_dict(), "warning": drift.warning}
+        latency["drift"] = drift.to_dict() if drift else None
     result = SearchResult(out=out, steps=steps, picks=picks, uniform=uniform, baselines=baselines,
                           work={"seconds": seconds, "macs_executed": scorer.macs_executed,
                                 "layer_calls": scorer.layer_calls, "reuse": settings.reuse, "batch": size,
@@ -259,15 +260,6 @@ def search_run(settings: SearchSettings, out_dir: str | os.PathLike, targets: Se
                           latency=latency, measured=measured)
     _write_products(result, run, settings, targets)
     return result
-
-
-def _measure(supernet: Supernet, configs: list[dict[str, int]], predict: Callable, timer: Any
-             ) -> list[dict[str, float]]:
-    """Each config's predicted latency and its latency measured as a whole network, all timed together."""
-    from ..latency import measure_configs
-
-    return [{"predicted_ms": predict(config), "measured_ms": ms}
-            for config, ms in zip(configs, measure_configs(supernet, configs, timer))]
 
 
 def _open_search(out: Path, settings: SearchSettings, start: dict[str, int], *, force: bool) -> list[Step]:
@@ -331,7 +323,7 @@ def _write_products(result: SearchResult, run, settings: SearchSettings, targets
         if target.label in result.measured:
             latency = {**result.measured[target.label], **{k: result.latency[k] for k in
                                                             ("device", "runtime", "batch", "threads", "description")}}
-            if "drift" in result.latency:
+            if result.latency.get("drift"):
                 latency["drift_ratio"] = result.latency["drift"]["ratio"]
             cost["latency"] = latency
         save_config(path, ChannelConfig(
