@@ -30,6 +30,11 @@ def error(message: str) -> None:
     error_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    """One yellow line on stderr."""
+    error_console.print(f"[bold yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, justify_right: set[str] | None = None) -> Table:
     justify_right = justify_right or set()
     result = Table(title=title, title_justify="left", header_style="bold")

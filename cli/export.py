@@ -43,7 +43,7 @@ def export_config(search_dir, flops, params, latency, latency_device, runtime, l
     from autoslim.export import export_search
     from autoslim.latency import LatencyKey
     from autoslim.search.targets import parse_targets
-    from cli.console import console, error_console, progress, table
+    from cli.console import console, progress, table, warn
     from cli.latency import print_comparison
 
     targets = parse_targets([flops] if flops else [], [params] if params else [], [latency] if latency else [])
@@ -83,4 +83,4 @@ def export_config(search_dir, flops, params, latency, latency_device, runtime, l
                                          f"{predicted:.3f} ms)")
         drift = model.get("drift") or {}
         if drift.get("warning"):
-            error_console.print(f"[bold yellow]warning:[/] {drift['warning']}", soft_wrap=True)
+            warn(drift["warning"])

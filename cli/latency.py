@@ -72,11 +72,11 @@ def print_comparison(comparison, title: str) -> None:
     """A measured latency beside the uniform networks and the full network, and a one-line warning when the
     searched network is not faster than the uniform network of equal MACs."""
     from autoslim.budget import format_count, format_ms
-    from cli.console import console, error_console, table
+    from cli.console import console, table, warn
 
     rows = [[m.name, format_count(m.macs), format_count(m.params), format_ms(m.measured_ms),
              f"{m.measured_ms / comparison.full.measured_ms:.2f}x"] for m in comparison.rows()]
     console.print(table(title, ["network", "MACs", "params", "measured", "of full"], rows,
                         justify_right={"MACs", "params", "measured", "of full"}))
     if comparison.warning:
-        error_console.print(f"[bold yellow]warning:[/] {comparison.warning}", soft_wrap=True)
+        warn(comparison.warning)

@@ -66,7 +66,7 @@ def search(run_dir, flops, params, latency, latency_device, runtime, latency_bat
     from autoslim.budget import format_count, format_ms
     from autoslim.search.runner import SearchSettings, search_run
     from autoslim.search.targets import parse_targets
-    from cli.console import console, error_console, progress, table
+    from cli.console import console, progress, table, warn
 
     targets = parse_targets(flops, params, latency)
     settings = SearchSettings(run=str(run_dir), targets=tuple(t.label for t in targets), criterion=criterion,
@@ -140,7 +140,7 @@ def search(run_dir, flops, params, latency, latency_device, runtime, latency_bat
                         justify_right=set(columns) - {"target", "uniform", "config"}))
     drift = (result.latency or {}).get("drift") or {}
     if drift.get("warning"):
-        error_console.print(f"[bold yellow]warning:[/] {drift['warning']}", soft_wrap=True)
+        warn(drift["warning"])
     console.print(f"Pareto plot: {out / 'pareto.png'}  (accuracy on the held-out search batch)")
     console.print(f"Each step chosen by {result.summary['decided_by']}.")
     leads = result.summary.get("choices")

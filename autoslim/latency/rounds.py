@@ -159,8 +159,8 @@ def grouped_rounds(networks: Sequence[nn.Module], shape: Sequence[int],
     if budget == -1:
         available = available_memory()
         budget = None if available is None else int(MEMORY_SHARE * available)
-    groups = memory_groups([footprint(n, shape) for n in networks], budget) if budget is not None and len(networks) > 1 \
-        else [list(range(len(networks)))]
+    single = budget is None or len(networks) < 2  # nothing to split: no footprints to measure
+    groups = [list(range(len(networks)))] if single else memory_groups([footprint(n, shape) for n in networks], budget)
     if len(groups) == 1:
         return time_group(networks, on_timed or (lambda done, total: None))
     rounds: list[Optional[list[float]]] = [None] * len(networks)
@@ -173,8 +173,9 @@ def grouped_rounds(networks: Sequence[nn.Module], shape: Sequence[int],
 
         timed_rounds = time_group([networks[i] for i in group], timed)
         least = min(timed_rounds[0])
-        scale = 1.0 if anchor_ms is None else anchor_ms / least
-        anchor_ms = least if anchor_ms is None else anchor_ms
+        if anchor_ms is None:  # the first group sets the level
+            anchor_ms = least
+        scale = anchor_ms / least
         for i, network_rounds in zip(group, timed_rounds):
             if rounds[i] is None:
                 rounds[i] = [ms * scale for ms in network_rounds]
