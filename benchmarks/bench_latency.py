@@ -161,7 +161,7 @@ def main() -> None:
             predict = model.bind(supernet)
             predicted = [predict(config) for config in configs]
             *measured, full_now = measure_configs(supernet, configs + [supernet.largest_config()], timer)
-            level = full_now / model.full_network_ms  # the machine's speed now against the model's build
+            level = model.drift(full_now).ratio  # the machine's speed now against the model's build
             # latency on MACs alone, fitted on the same networks by relative error
             fit_ms = np.array([n["measured_ms"] for n in model.networks])
             design = np.column_stack([fit_macs, np.ones(len(fit_ms))]) / fit_ms[:, None]

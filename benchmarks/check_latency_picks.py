@@ -102,14 +102,14 @@ def main() -> None:
             return tuple(map(float, timed.stdout.strip().splitlines()[-1].split()))
 
         model = load_model(latency["model"])
-        then = model.full_network_ms
         if model.identity != latency["identity"]:
             print(f"note: {latency['model']} was measured again after the search ({model.identity}, the search used "
                   f"{latency['identity']}): the level below is against the newer model")
         full, full_slowest = fresh_ms("full", supernet.largest_config())
-        level = full / then
-        print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}), {then:.3f} ms in the latency model: the "
-              f"machine runs {level:.2f}x the model's time now")
+        drift = model.drift(full)
+        level = drift.ratio
+        print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}), {drift.then_ms:.3f} ms in the latency "
+              f"model: the machine runs {level:.2f}x the model's time now")
         print("| pick | budget | predicted | measured in search | measured fresh | fresh / budget | within 15% "
               "| fresh / budget at the model's level |")
         print("|---|---|---|---|---|---|---|---|")
