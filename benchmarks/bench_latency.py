@@ -15,8 +15,9 @@ width instead), exports and times each whole network, and prints per runtime and
   predictions scaled by it. The targets are judged on the unscaled error; the scaled one says how much of it is the
   machine's drift rather than the model.
 
-    python benchmarks/bench_latency.py [--space resnet20_cifar | --run RUN] [--runtimes torch onnxruntime]
-        [--batches 1 32] [--threads 1] [--networks 24] [--held-out 30] [--json results/latency.json]
+    python benchmarks/bench_latency.py [--space resnet20_cifar [--width-mult 1.0] | --run RUN]
+        [--runtimes torch onnxruntime] [--batches 1 32] [--threads 1] [--networks 24] [--held-out 30]
+        [--json results/latency.json] [--models DIR]
 
 ``--again JSON`` times the held-out networks of an earlier ``--json`` once more and prints how well the two timings
 agree (Spearman, median difference): no model can rank the networks better than their timings repeat.
@@ -105,8 +106,11 @@ def again(supernet, settings: TimingSettings, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--space", default="resnet20_cifar", help="a search space (untrained weights)")
+    source.add_argument("--space", default="resnet20_cifar", help="a search space (untrained weights: latency does not "
+                        "depend on them)")
     source.add_argument("--run", help="a supernet run directory (its trained weights)")
+    parser.add_argument("--width-mult", type=float, help="with --space: the supernet's width multiplier (as "
+                        "train-supernet --width-mult)")
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", type=int, default=1)
@@ -125,6 +129,8 @@ def main() -> None:
                              "model on a machine shared with other work, where wall times are not the network's")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out configs (the fit uses 0)")
     parser.add_argument("--json", help="also write every figure (and every held-out network) to this file")
+    parser.add_argument("--models", metavar="DIR", help="also write each latency model built (its layer tables and fit "
+                        "networks) to DIR/LABEL.json, to study other fits offline")
     parser.add_argument("--again", metavar="JSON", help="time the held-out networks of an earlier --json once more and "
                         "print how well the two timings agree: the ceiling of any model on this machine")
     args = parser.parse_args()
@@ -134,9 +140,10 @@ def main() -> None:
 
         supernet, source = load_run(args.run).supernet, args.run
     else:
-        from autoslim.spaces import build_supernet, load_space
+        from autoslim.spaces import build_supernet, configure_space, load_space
 
-        supernet, source = build_supernet(load_space(args.space)).eval(), args.space
+        space = configure_space(load_space(args.space), width_mult=args.width_mult)
+        supernet, source = build_supernet(space).eval(), f"{args.space} at {space.width_mult:g}x"
     settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic, clock=args.clock,
                               rounds=args.rounds)
     if args.again:
@@ -158,6 +165,10 @@ def main() -> None:
             began = time.perf_counter()
             model = build_latency_model(supernet, timer, networks=args.networks, seed=0)
             built = time.perf_counter() - began
+            if args.models:
+                from autoslim.io import write_json
+
+                write_json(f"{args.models}/{key.label}.json", model.to_dict())
             predict = model.bind(supernet)
             predicted = [predict(config) for config in configs]
             *measured, full_now = measure_configs(supernet, configs + [supernet.largest_config()], timer)

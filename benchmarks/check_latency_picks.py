@@ -8,7 +8,10 @@ end of the search beside the fresh measurement, and whether it is within 15% of 
 timed the same way first: its fresh latency over its latency in the model says how much faster or slower the machine
 runs now than when the model was measured (a drift the predictions cannot know), and the last column divides it out.
 
-    python benchmarks/check_latency_picks.py SEARCH [--rounds 10] [--repeats 40]
+    python benchmarks/check_latency_picks.py SEARCH [--rounds 10] [--repeats 40] [--space S [--width-mult W]]
+
+``--space`` builds the supernet from its space (untrained: timings do not depend on weights) where the search's
+supernet run is not on this machine; without the latency model the level is not printed.
 
 Figures, not a test (``tests/test_cli_latency.py`` has a tolerant slow test of the same).
 """
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("search", help="a SEARCH directory made with --latency")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=40, help="timed runs per round (their median)")
+    parser.add_argument("--space", help="build the supernet from this space instead of loading the search's run")
+    parser.add_argument("--width-mult", type=float, help="with --space: the supernet's width multiplier")
     args = parser.parse_args()
     search = Path(args.search)
     summary = json.loads((search / "summary.json").read_text())
@@ -80,8 +85,12 @@ def main() -> None:
         sys.exit(f"{search} is not a latency search (its summary.json has no latency model)")
     if latency["device"] != "cpu":
         sys.exit("this check times CPU runtimes; time CUDA picks with your serving stack")
-    run = load_run(search_run_dir(search))
-    supernet = run.supernet
+    if args.space:
+        from autoslim.spaces import build_supernet, configure_space, load_space
+
+        supernet = build_supernet(configure_space(load_space(args.space), width_mult=args.width_mult)).eval()
+    else:
+        supernet = load_run(search_run_dir(search)).supernet
     shape = (latency["batch"], supernet.in_channels, supernet.input_size, supernet.input_size)
     print(f"{search}: {latency['described']} on {latency['description'].get('cpu')}; fresh processes, the least of "
           f"{args.rounds} rounds' medians of {args.repeats} runs (the slowest round in brackets)")
@@ -101,15 +110,20 @@ def main() -> None:
                                    capture_output=True, text=True, check=True)
             return tuple(map(float, timed.stdout.strip().splitlines()[-1].split()))
 
-        model = load_model(latency["model"])
-        if model.identity != latency["identity"]:
+        model = load_model(latency["model"]) if Path(latency["model"]).is_file() else None
+        if model is not None and model.identity != latency["identity"]:
             print(f"note: {latency['model']} was measured again after the search ({model.identity}, the search used "
                   f"{latency['identity']}): the level below is against the newer model")
         full, full_slowest = fresh_ms("full", supernet.largest_config())
-        drift = model.drift(full)
-        level = drift.ratio
-        print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}), {drift.then_ms:.3f} ms in the latency "
-              f"model: the machine runs {level:.2f}x the model's time now")
+        if model is None:
+            level = float("nan")
+            print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}); the latency model ({latency['model']}) "
+                  f"is not on this machine, so no level")
+        else:
+            drift = model.drift(full)
+            level = drift.ratio
+            print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}), {drift.then_ms:.3f} ms in the latency "
+                  f"model: the machine runs {level:.2f}x the model's time now")
         print("| pick | budget | predicted | measured in search | measured fresh | fresh / budget | within 15% "
               "| fresh / budget at the model's level |")
         print("|---|---|---|---|---|---|---|---|")
@@ -121,7 +135,7 @@ def main() -> None:
             print(f"| {path.stem} | {budget:.3f} ms | {recorded.get('predicted_ms', float('nan')):.3f} ms | "
                   f"{recorded.get('measured_ms', float('nan')):.3f} ms | {fresh:.3f} ms ({slowest:.3f}) | "
                   f"{fresh / budget:.2f} | {'yes' if fresh <= 1.15 * budget else 'no'} | "
-                  f"{fresh / level / budget:.2f} |", flush=True)
+                  f"{'-' if level != level else f'{fresh / level / budget:.2f}'} |", flush=True)
 
 
 if __name__ == "__main__":
