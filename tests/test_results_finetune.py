@@ -106,3 +106,28 @@ def test_the_table_sets_every_method_beside_the_from_scratch_ones(tmp_path):
                  "uniform/flops-20M/seed0.json", "torchpruning/magnitude/flops-20M/seed1.json", "wall.csv"):
         assert (results / name).is_file(), name
     assert not (results / "torchpruning" / "taylor").exists()
+
+
+def test_seconds_a_run_spent_stopped_are_taken_out_of_its_time(tmp_path):
+    runs, scratch = _made_up(tmp_path)
+    _write(runs / "paused.csv", "run,seconds,why\nbase/seed0,300,timings\nbase/seed0,100,timings\n"
+                                "finetune/flops-20M/seed1,10,timings\ntorchpruning/magnitude/flops-20M/seed0/,20,x\n"
+                                "search,50,timings\n")
+    results = tmp_path / "results"
+
+    done = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(results), str(scratch)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+    base = json.loads((results / "base" / "seed0.json").read_text())
+    assert (base["seconds"], base["paused_seconds"]) == (2000, 400)  # 2400 less both pauses
+    magnitude = json.loads((results / "torchpruning" / "magnitude" / "flops-20M" / "seed0.json").read_text())
+    assert (magnitude["seconds"], magnitude["wall_seconds"]) == (280, 380)
+    assert json.loads((results / "search" / "summary.json").read_text())["work"]["seconds"] == 850
+    assert "paused_seconds" not in json.loads((results / "finetune" / "flops-20M" / "seed0.json").read_text())
+    with open(results / "table.csv") as stream:
+        rows = {(r["budget"], r["method"]): r for r in csv.DictReader(stream)}
+    # seeds 300 and 310 - 10; shared 2000 + 2800 + 850
+    assert (rows["20M", "autoslim-finetune"]["run_seconds"], rows["20M", "autoslim-finetune"]["shared_seconds"]) == (
+        "300", "5650")
+    assert (results / "paused.csv").is_file()

@@ -5,6 +5,10 @@ Copies the small files of every finished run of RUNS into RESULTS, beside those 
 base/seedN.json (+ base/metrics.csv), supernet/ (summary.json, metrics.csv, run.yaml), search/ (summary.json,
 trajectory.csv, run.yaml, configs/), finetune/flops-B/seedN.json (the pick), uniform/flops-B/seedN.json (its
 uniform baseline), torchpruning/IMPORTANCE/flops-B/seedN.json, and wall.csv (reproduce.sh's log of wall times).
+Where RUNS/paused.csv (run,seconds,why) names a run by its folder under RUNS (base/seed0, supernet,
+finetune/flops-20M/seed1, ...), that many seconds were spent with the run stopped (SIGSTOP, so that latency timings
+had the machine to themselves): its copied summary gets them as paused_seconds and its seconds (and wall_seconds)
+without them, and paused.csv is copied too.
 
 Then writes, from RESULTS alone, table.csv and table.md: per budget, every method's MACs, params, test accuracy
 (mean ± sample sd over seeds), the start's accuracy (the network before fine-tuning), its own run time (mean
@@ -44,32 +48,62 @@ def copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def read_paused(path: Path) -> dict:
+    """run folder -> seconds it spent stopped, summed over the rows of paused.csv naming it."""
+    paused = {}
+    if path.is_file():
+        with open(path) as stream:
+            for r in csv.DictReader(stream):
+                paused[r["run"].strip("/")] = paused.get(r["run"].strip("/"), 0.0) + float(r["seconds"])
+    return paused
+
+
+PAUSED = read_paused(runs / "paused.csv")
+
+
+def copy_summary(source: Path, target: Path) -> None:
+    """Copy a run's summary.json, less the seconds paused.csv says the run spent stopped."""
+    run = source.parent.relative_to(runs).as_posix()
+    if run not in PAUSED:
+        return copy(source, target)
+    summary = read(source)
+    summary["paused_seconds"] = round(PAUSED[run], 2)
+    for holder, key in ((summary, "seconds"), (summary, "wall_seconds"), (summary.get("work") or {}, "seconds")):
+        if holder.get(key) is not None:  # a search's time is its work's seconds
+            holder[key] = round(holder[key] - PAUSED[run], 2)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 # -- collecting: only finished runs replace collected figures --------------------------------------------------------
 
 for run_dir in sorted(runs.glob("base/seed*")):
     if finished(run_dir / "summary.json"):
-        copy(run_dir / "summary.json", results / "base" / f"{run_dir.name}.json")
+        copy_summary(run_dir / "summary.json", results / "base" / f"{run_dir.name}.json")
         copy(run_dir / "metrics.csv", results / "base" / f"{run_dir.name}-metrics.csv")
 copy(runs / "base" / "uniform-1.0x.yaml", results / "base" / "uniform-1.0x.yaml")
 if finished(runs / "supernet" / "summary.json"):
-    for name in ("summary.json", "metrics.csv", "run.yaml"):
+    copy_summary(runs / "supernet" / "summary.json", results / "supernet" / "summary.json")
+    for name in ("metrics.csv", "run.yaml"):
         copy(runs / "supernet" / name, results / "supernet" / name)
 if (runs / "search" / "summary.json").is_file():  # a search writes its summary last
-    for name in ("summary.json", "trajectory.csv", "run.yaml"):
+    copy_summary(runs / "search" / "summary.json", results / "search" / "summary.json")
+    for name in ("trajectory.csv", "run.yaml"):
         copy(runs / "search" / name, results / "search" / name)
     for config in sorted((runs / "search" / "configs").glob("*.yaml")):
         copy(config, results / "search" / "configs" / config.name)
 for budget_dir in sorted(runs.glob("finetune/flops-*")):
     for seed_dir in sorted(budget_dir.glob("seed*")):
         if finished(seed_dir / "summary.json"):
-            copy(seed_dir / "summary.json", results / "finetune" / budget_dir.name / f"{seed_dir.name}.json")
+            copy_summary(seed_dir / "summary.json", results / "finetune" / budget_dir.name / f"{seed_dir.name}.json")
         if finished(seed_dir / "uniform" / "summary.json"):
-            copy(seed_dir / "uniform" / "summary.json", results / "uniform" / budget_dir.name / f"{seed_dir.name}.json")
+            copy_summary(seed_dir / "uniform" / "summary.json", results / "uniform" / budget_dir.name / f"{seed_dir.name}.json")
 for seed_dir in sorted(runs.glob("torchpruning/*/flops-*/seed*")):
     if finished(seed_dir / "summary.json"):
         importance, budget = seed_dir.parent.parent.name, seed_dir.parent.name
-        copy(seed_dir / "summary.json", results / "torchpruning" / importance / budget / f"{seed_dir.name}.json")
+        copy_summary(seed_dir / "summary.json", results / "torchpruning" / importance / budget / f"{seed_dir.name}.json")
 copy(runs / "wall.csv", results / "wall.csv")
+copy(runs / "paused.csv", results / "paused.csv")
 
 
 # -- the shared costs ------------------------------------------------------------------------------------------------

@@ -79,6 +79,19 @@ if [ ! -f "$DATA" ]; then
 fi
 mkdir -p "$RUNS"
 [ -f "$RUNS/wall.csv" ] || echo "run,seconds,status" > "$RUNS/wall.csv"
+# STATE: run folders committed part-way (a CPU run spans sessions on machines that do not last): each one RUNS
+# lacks is copied in and resumes from its checkpoint; a run RUNS already has is never replaced. paused.csv likewise.
+STATE=${STATE:-$HERE/state}
+if [ -d "$STATE" ]; then
+  while IFS= read -r checkpoint; do
+    run=$(dirname "${checkpoint#"$STATE"/}")
+    if [ ! -e "$RUNS/$run/checkpoint.pt" ]; then
+      log "state: $run resumes from $STATE/$run"
+      mkdir -p "$RUNS/$run" && cp -r "$STATE/$run/." "$RUNS/$run/"
+    fi
+  done < <(find "$STATE" -name checkpoint.pt | sort)
+  [ -f "$RUNS/paused.csv" ] || [ ! -f "$STATE/paused.csv" ] || cp "$STATE/paused.csv" "$RUNS/paused.csv"
+fi
 
 BASE=$RUNS/base/seed$BASE_SEED
 if has_stage base; then
