@@ -86,6 +86,29 @@ def held_out_configs(supernet, count: int, exclude, seed: int, spread: bool):
     return configs
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--space``/``--width-mult`` or ``--run``: the supernet whose networks are timed (shared by the latency
+    benchmarks)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--space", default="resnet20_cifar", help="a search space (untrained weights: latency does not "
+                        "depend on them)")
+    source.add_argument("--run", help="a supernet run directory (its trained weights)")
+    parser.add_argument("--width-mult", type=float, help="with --space: the supernet's width multiplier (as "
+                        "train-supernet --width-mult)")
+
+
+def load_supernet(args: argparse.Namespace):
+    """The supernet of :func:`add_source_arguments`' options, and a description of where it came from."""
+    if getattr(args, "run", None):
+        from autoslim.checkpoint import load_run
+
+        return load_run(args.run).supernet, args.run
+    from autoslim.spaces import build_supernet, configure_space, load_space
+
+    space = configure_space(load_space(args.space), width_mult=args.width_mult)
+    return build_supernet(space).eval(), f"{args.space} at {space.width_mult:g}x"
+
+
 def again(supernet, settings: TimingSettings, path: str) -> None:
     """Time every held-out network of an earlier run once more, per runtime and batch, and compare the two timings."""
     earlier = json.loads(open(path).read())
@@ -105,12 +128,7 @@ def again(supernet, settings: TimingSettings, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--space", default="resnet20_cifar", help="a search space (untrained weights: latency does not "
-                        "depend on them)")
-    source.add_argument("--run", help="a supernet run directory (its trained weights)")
-    parser.add_argument("--width-mult", type=float, help="with --space: the supernet's width multiplier (as "
-                        "train-supernet --width-mult)")
+    add_source_arguments(parser)
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", type=int, default=1)
@@ -135,15 +153,7 @@ def main() -> None:
                         "print how well the two timings agree: the ceiling of any model on this machine")
     args = parser.parse_args()
 
-    if args.run:
-        from autoslim.checkpoint import load_run
-
-        supernet, source = load_run(args.run).supernet, args.run
-    else:
-        from autoslim.spaces import build_supernet, configure_space, load_space
-
-        space = configure_space(load_space(args.space), width_mult=args.width_mult)
-        supernet, source = build_supernet(space).eval(), f"{args.space} at {space.width_mult:g}x"
+    supernet, source = load_supernet(args)
     settings = TimingSettings(warmup=args.warmup, repeats=args.repeats, statistic=args.statistic, clock=args.clock,
                               rounds=args.rounds)
     if args.again:

@@ -86,9 +86,9 @@ def main() -> None:
     if latency["device"] != "cpu":
         sys.exit("this check times CPU runtimes; time CUDA picks with your serving stack")
     if args.space:
-        from autoslim.spaces import build_supernet, configure_space, load_space
+        from bench_latency import load_supernet  # this script's folder
 
-        supernet = build_supernet(configure_space(load_space(args.space), width_mult=args.width_mult)).eval()
+        supernet, _ = load_supernet(args)
     else:
         supernet = load_run(search_run_dir(search)).supernet
     shape = (latency["batch"], supernet.in_channels, supernet.input_size, supernet.input_size)

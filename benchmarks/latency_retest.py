@@ -28,27 +28,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from bench_latency import add_source_arguments, held_out_configs, load_supernet, spearman  # this script's folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_latency import held_out_configs, spearman  # noqa: E402
-
-from autoslim.latency import LatencyKey, TimingSettings, fit_configs, make_timer  # noqa: E402
+from autoslim.latency import LatencyKey, TimingSettings, fit_configs, make_timer
 
 ORDER = ("fit", "held-out", "both", "held-out again", "fit again")
-
-
-def _supernet(args):
-    if args.run:
-        from autoslim.checkpoint import load_run
-
-        return load_run(args.run).supernet, args.run
-    from autoslim.spaces import build_supernet, configure_space, load_space
-
-    space = configure_space(load_space(args.space), width_mult=args.width_mult)
-    return build_supernet(space).eval(), f"{args.space} at {space.width_mult:g}x"
 
 
 def _pairs(timings: list[np.ndarray]) -> str:
@@ -64,10 +50,7 @@ def _pairs(timings: list[np.ndarray]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--space", default="resnet20_cifar", help="a search space (untrained weights)")
-    source.add_argument("--run", help="a supernet run directory")
-    parser.add_argument("--width-mult", type=float, help="with --space: the supernet's width multiplier")
+    add_source_arguments(parser)
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -80,7 +63,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write every round of every timing to this file")
     args = parser.parse_args()
 
-    supernet, source = _supernet(args)
+    supernet, source = load_supernet(args)
     from autoslim.network.static import materialize
 
     key = LatencyKey(args.device, args.runtime, args.batch, args.threads)

@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
+from bench_latency import add_source_arguments, load_supernet, spearman  # this script's folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_latency import spearman  # noqa: E402
-
-from autoslim.latency.model import LatencyModel  # noqa: E402
+from autoslim.latency.model import LatencyModel
 
 TIMINGS = (("held-out", "alone"), ("both", "beside the fit networks"), ("held-out again", "alone again"))
 
@@ -34,20 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("retest", help="a latency_retest.py --json file")
     parser.add_argument("models", nargs="+", help="latency models saved by bench_latency.py --models")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--space", default="resnet20_cifar", help="the search space the models describe")
-    source.add_argument("--run", help="a supernet run directory")
-    parser.add_argument("--width-mult", type=float, help="with --space: the supernet's width multiplier")
+    add_source_arguments(parser)
     args = parser.parse_args()
 
-    if args.run:
-        from autoslim.checkpoint import load_run
-
-        supernet = load_run(args.run).supernet
-    else:
-        from autoslim.spaces import build_supernet, configure_space, load_space
-
-        supernet = build_supernet(configure_space(load_space(args.space), width_mult=args.width_mult)).eval()
+    supernet, _ = load_supernet(args)
     retest = json.loads(Path(args.retest).read_text())
     fit_count, held = len(retest["configs"]["fit"]), retest["configs"]["held-out"]
     timings = []
