@@ -116,7 +116,7 @@ def main() -> None:
                   f"{latency['identity']}): the level below is against the newer model")
         full, full_slowest = fresh_ms("full", supernet.largest_config())
         if model is None:
-            level = float("nan")
+            level = None
             print(f"the full network: {full:.3f} ms fresh ({full_slowest:.3f}); the latency model ({latency['model']}) "
                   f"is not on this machine, so no level")
         else:
@@ -135,7 +135,7 @@ def main() -> None:
             print(f"| {path.stem} | {budget:.3f} ms | {recorded.get('predicted_ms', float('nan')):.3f} ms | "
                   f"{recorded.get('measured_ms', float('nan')):.3f} ms | {fresh:.3f} ms ({slowest:.3f}) | "
                   f"{fresh / budget:.2f} | {'yes' if fresh <= 1.15 * budget else 'no'} | "
-                  f"{'-' if level != level else f'{fresh / level / budget:.2f}'} |", flush=True)
+                  f"{'-' if level is None else f'{fresh / level / budget:.2f}'} |", flush=True)
 
 
 if __name__ == "__main__":
