@@ -40,26 +40,8 @@ import time
 import numpy as np
 import torch
 
-from autoslim.latency import LatencyKey, TimingSettings, build_latency_model, fit_configs, make_timer, measure_configs
-
-
-def ranks(values):
-    """Average ranks (ties share their mean rank), for Spearman's correlation."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    result = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            result[order[k]] = (i + j) / 2
-        i = j + 1
-    return result
-
-
-def spearman(a, b) -> float:
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+from autoslim.latency import (LatencyKey, TimingSettings, build_latency_model, fit_configs, make_timer, measure_configs,
+                              spearman)
 
 
 def errors(predicted, measured) -> list[float]:

@@ -30,9 +30,9 @@ import sys
 import time
 
 import numpy as np
-from bench_latency import add_source_arguments, held_out_configs, load_supernet, spearman  # this script's folder
+from bench_latency import add_source_arguments, held_out_configs, load_supernet  # this script's folder
 
-from autoslim.latency import LatencyKey, TimingSettings, fit_configs, make_timer
+from autoslim.latency import LatencyKey, TimingSettings, fit_configs, make_timer, spearman
 
 ORDER = ("fit", "held-out", "both", "held-out again", "fit again")
 

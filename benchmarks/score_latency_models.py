@@ -20,9 +20,9 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from bench_latency import add_source_arguments, load_supernet, spearman  # this script's folder
+from bench_latency import add_source_arguments, load_supernet  # this script's folder
 
-from autoslim.latency.model import LatencyModel
+from autoslim.latency import LatencyModel, spearman
 
 TIMINGS = (("held-out", "alone"), ("both", "beside the fit networks"), ("held-out again", "alone again"))
 

@@ -18,20 +18,26 @@ __all__ = ["latency", "print_comparison"]
 @click.option("--networks", type=click.IntRange(min=3), default=24, show_default=True,
               help="Whole networks timed to fit the model.")
 @click.option("--rebuild", is_flag=True, help="Measure again even if RUN/latency/ holds a model of this machine.")
-def latency(run_dir, device, runtime, batch, threads, networks, rebuild) -> None:
+@click.option("--check", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Then time N random networks the model has not seen, whole, and print how well it predicts them "
+                   "(0: no check). Run it on an otherwise idle machine.")
+def latency(run_dir, device, runtime, batch, threads, networks, rebuild, check) -> None:
     """Measure the latency model of the supernet trained in RUN, and cache it in RUN/latency/.
 
     Every conv and linear call is timed alone at each channel count it can take, then whole static networks,
     exported as the runtime runs them, are timed to fit the model (interleaved rounds of a warm-up and a median of
     repeats, each one's fastest round kept; pinned threads).
     `autoslim search RUN --latency 3ms` uses the cached model (and measures one if there is none). A model
-    measured on another CPU, GPU or torch/runtime version is measured again.
+    measured on another CPU, GPU or torch/runtime version is measured again. `--check 30` then times 30 random
+    networks it was not fitted on and prints Spearman's rank correlation and the median error of its predictions.
     """
     from autoslim.budget import format_ms
     from autoslim.checkpoint import load_run
     from autoslim.latency import LatencyKey, latency_model
     from cli.console import console, progress, table
 
+    if 0 < check < 3:
+        raise ValueError(f"--check needs at least 3 networks (or 0 for none), got {check}")
     key = LatencyKey(device, runtime, batch, threads)
     run = load_run(run_dir, device="cpu")
     bar = progress()
@@ -65,7 +71,26 @@ def latency(run_dir, device, runtime, batch, threads, networks, rebuild) -> None
             for name, n in zip(("largest", "smallest"), model.networks)]
     console.print(table("the extremes of the fit", ["config", "measured", "predicted", "error"], rows,
                         justify_right={"measured", "predicted", "error"}))
-    console.print("check it on networks it has not seen: python benchmarks/bench_latency.py --run " + str(run_dir))
+    if not check:
+        console.print(f"check it on networks it has not seen: autoslim latency {run_dir} --check 30")
+        return
+    _check(model, run.supernet, key, check)
+
+
+def _check(model, supernet, key, count: int) -> None:
+    """Time ``count`` networks the model has not seen and print how well it predicts them."""
+    from autoslim.budget import format_ms
+    from autoslim.latency import check_model, make_timer
+    from cli.console import console, warn
+
+    console.print(f"timing {count} random networks the model has not seen, and the full network, whole ...")
+    found = check_model(model, supernet, make_timer(key), count)
+    measured = found.measured_ms
+    console.print(f"on {len(measured)} networks it has not seen ({format_ms(min(measured))} to "
+                  f"{format_ms(max(measured))}): Spearman {found.spearman:.3f}, median |error| "
+                  f"{100 * found.median_error:.1f}% (90th percentile {100 * found.p90_error:.1f}%)")
+    if found.drift is not None and found.drift.warning:
+        warn(found.drift.warning)
 
 
 def print_comparison(comparison, title: str) -> None:

@@ -88,10 +88,21 @@ def test_latency_measures_once_then_uses_the_cache(fresh_run, fake_timer):
     assert result.exit_code == 0 and (fresh_run / "latency" / "cpu-torch-b8-t2.json").is_file()
 
 
+def test_latency_checks_the_model_on_networks_it_has_not_seen(fresh_run, fake_timer):
+    result = _invoke("latency", fresh_run, "--networks", 5, "--check", 6)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "on 6 networks it has not seen" in text and "Spearman 1.000, median |error| 0.0%" in text
+    assert fake_timer[-1].network_calls == 6 + 1  # the six and the full network, timed after the model
+    result = _invoke("latency", fresh_run)  # cached: no check unless asked, and the hint names the option
+    assert result.exit_code == 0 and f"autoslim latency {fresh_run} --check 30" in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("args,message", [
     (["--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
     (["--device", "tpu"], "unknown latency device 'tpu'"),
     (["--batch", "0"], "batch must be a positive integer"),
+    (["--check", "2"], "--check needs at least 3 networks"),
 ])
 def test_latency_refuses_bad_options_in_one_line(run_dir, args, message):
     assert message in _one_line_error(_invoke("latency", run_dir, *args), message)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import statistics
 
 import pytest
 from latency_fakes import NETWORK_FIXED_MS, NETWORK_SCALE, FakeTimer, NoTimer
 
 from autoslim.budget import format_ms, parse_latency
 from autoslim.latency import (LatencyKey, LatencyModel, LayerTable, Measured, LatencyComparison, TimingSettings,
-                              build_latency_model, compare_latency, fit_configs, latency_model, load_model,
-                              measure_config, model_path)
+                              build_latency_model, check_model, compare_latency, fit_configs, latency_model, load_model,
+                              measure_config, model_path, random_configs, spearman)
 from autoslim.latency.build import _fit
 from autoslim.network.static import materialize
 from autoslim.search.greedy import Score, Step, greedy_search
@@ -97,6 +98,36 @@ def test_fit_configs_span_the_space(supernet):
     assert configs[0] == supernet.largest_config() and configs[1] == supernet.smallest_config()
     assert len(configs) == 12 and len({json.dumps(c, sort_keys=True) for c in configs}) == 12
     assert fit_configs(supernet, 12, seed=0) == configs
+
+
+def test_random_configs_are_distinct_and_leave_out_what_they_are_told(supernet):
+    fit = fit_configs(supernet, 6, seed=0)
+    drawn = random_configs(supernet, 10, seed=1, exclude=fit)
+    assert len(drawn) == 10 and all(c not in fit for c in drawn)
+    assert len({json.dumps(c, sort_keys=True) for c in drawn}) == 10
+    assert random_configs(supernet, 10, seed=1, exclude=fit) == drawn and random_configs(supernet, 10, seed=2) != drawn
+
+
+def test_spearman_ranks_ties_by_their_mean_rank():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks 0, 1.5, 1.5, 3 against 0, 2, 1, 3: Pearson's correlation of the ranks
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486833, rel=1e-6)
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # NaN: no ranking to correlate
+
+
+def test_a_check_times_networks_the_model_has_not_seen(supernet, model):
+    found = check_model(model, supernet, FakeTimer(), 8)
+    assert len(found.configs) == 8 and all(c not in [n["config"] for n in model.networks] for c in found.configs)
+    assert found.spearman == pytest.approx(1.0) and found.median_error < 1e-9  # the fake timer is predicted exactly
+    assert found.drift.ratio == pytest.approx(1.0) and found.drift.warning is None
+    slower = check_model(model, supernet, FakeTimer(offset_ms=1.0), 8)  # every network 1 ms slower than the model
+    assert all(m == pytest.approx(p + 1.0) for p, m in zip(slower.predicted_ms, slower.measured_ms))
+    assert slower.median_error == pytest.approx(statistics.median(1 / m for m in slower.measured_ms))
+    assert slower.drift.ratio > 1 and slower.spearman == pytest.approx(1.0)
+    assert slower.to_dict()["networks"][0]["measured_ms"] == slower.measured_ms[0]
+    with pytest.raises(ValueError, match="at least 3 networks"):
+        check_model(model, supernet, FakeTimer(), 2)
 
 
 def test_drift_compares_the_full_network_with_its_timing_in_the_model(supernet, model):

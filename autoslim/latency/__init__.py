@@ -12,18 +12,23 @@
 - :mod:`~autoslim.latency.cache`: ``latency_model``, the model cached in ``RUN/latency/`` and measured again when
   the machine or the architecture changed;
 - :mod:`~autoslim.latency.compare`: ``measure_config(s)`` and ``compare_latency``, a config's measured latency beside
-  the uniform networks.
+  the uniform networks;
+- :mod:`~autoslim.latency.check`: ``check_model``, a model's predictions against whole networks it has not seen,
+  timed now.
 """
 
 from .timing import (DEVICES, RUNTIMES, LatencyKey, TimingSettings, Timer, TorchTimer, OnnxRuntimeTimer, make_timer,
                      device_description, require_onnxruntime)
 from .model import FORMAT, DRIFT_TOLERANCE, Drift, LayerTable, LatencyModel, supernet_fingerprint, Progress
-from .build import build_latency_model, fit_configs
+from .build import build_latency_model, fit_configs, random_configs
 from .cache import LATENCY_DIR, model_path, load_model, stale_reason, CachedModel, latency_model
 from .compare import measure_config, measure_configs, Measured, LatencyComparison, compare_latency
+from .check import spearman, ModelCheck, check_model
 
 __all__ = ["DEVICES", "RUNTIMES", "LatencyKey", "TimingSettings", "Timer", "TorchTimer", "OnnxRuntimeTimer",
            "make_timer", "device_description", "require_onnxruntime", "FORMAT", "DRIFT_TOLERANCE", "Drift",
-           "LayerTable", "LatencyModel", "build_latency_model", "fit_configs", "supernet_fingerprint", "Progress",
+           "LayerTable", "LatencyModel", "build_latency_model", "fit_configs", "random_configs", "supernet_fingerprint",
+           "Progress",
            "LATENCY_DIR", "model_path", "load_model", "stale_reason", "CachedModel", "latency_model",
-           "measure_config", "measure_configs", "Measured", "LatencyComparison", "compare_latency"]
+           "measure_config", "measure_configs", "Measured", "LatencyComparison", "compare_latency", "spearman",
+           "ModelCheck", "check_model"]

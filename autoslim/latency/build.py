@@ -10,7 +10,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from torch import nn
 
@@ -18,7 +18,7 @@ from ..network.supernet import Supernet
 from .model import FEATURES, LatencyModel, LayerTable, Progress, feature_function, supernet_fingerprint
 from .timing import Timer
 
-__all__ = ["build_latency_model", "fit_configs"]
+__all__ = ["build_latency_model", "fit_configs", "random_configs"]
 
 _MAX_GRID = 16  # counts measured per input of a layer that reads a concatenation
 
@@ -100,13 +100,21 @@ def _input_counts(supernet: Supernet, inputs: Sequence[tuple[int, int]]) -> list
 
 
 def fit_configs(supernet: Supernet, count: int, *, seed: int = 0) -> list[dict[str, int]]:
-    """The configs whose whole networks the fit times: the largest, the smallest, then random configs, alternately
-    drawn uniformly per unit (as ``sample_config``) and around a random overall width (so that the fit covers
-    narrow and wide networks, not only the middle where independent draws gather)."""
+    """The configs whose whole networks the fit times: the largest, the smallest, then :func:`random_configs`."""
+    extremes = [supernet.largest_config(), supernet.smallest_config()]
+    return (extremes + random_configs(supernet, count - 2, seed=seed, exclude=extremes, attempts=20 * count))[:count]
+
+
+def random_configs(supernet: Supernet, count: int, *, seed: int, exclude: Sequence[Mapping[str, int]] = (),
+                   attempts: Optional[int] = None) -> list[dict[str, int]]:
+    """``count`` distinct random configs not in ``exclude``, alternately drawn around a random overall width and
+    uniformly per unit (as ``sample_config``), so that they cover narrow and wide networks, not only the middle
+    where independent draws gather. Fewer where the space has fewer (after ``attempts`` draws, default 20 per
+    config)."""
     rng = random.Random(seed)
-    configs = [supernet.largest_config(), supernet.smallest_config()]
+    configs: list[dict[str, int]] = []
     units = supernet.slimmable_units
-    for attempt in range(20 * count):
+    for attempt in range(20 * count if attempts is None else attempts):
         if len(configs) >= count:
             break
         if attempt % 2:
@@ -118,9 +126,9 @@ def fit_configs(supernet: Supernet, count: int, *, seed: int = 0) -> list[dict[s
                 last = len(unit.choices) - 1
                 index = round(level * last + rng.gauss(0, 0.2 * last))
                 config[unit.name] = unit.choices[min(last, max(0, index))]
-        if config not in configs:
+        if config not in configs and config not in exclude:
             configs.append(config)
-    return configs[:count]
+    return configs
 
 
 def build_latency_model(supernet: Supernet, timer: Timer, *, networks: int = 24, seed: int = 0,
