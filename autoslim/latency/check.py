@@ -88,11 +88,13 @@ def check_model(model: LatencyModel, supernet: Supernet, timer: Timer, count: in
     the full network beside them, with ``timer``, and set them against the model's predictions.
 
     Raises:
-        ValueError: fewer than 3 configs asked for, or the model describes another architecture.
+        ValueError: fewer than 3 configs asked for or left to draw, or the model describes another architecture.
     """
     if count < 3:
         raise ValueError(f"a check needs at least 3 networks, got {count}")
     predict = model.bind(supernet)
     configs = random_configs(supernet, count, seed=seed, exclude=[n["config"] for n in model.networks])
+    if len(configs) < 3:
+        raise ValueError(f"the space has {len(configs)} networks besides the model's fit networks: too few to check")
     *measured, full = measure_configs(supernet, configs + [supernet.largest_config()], timer)
     return ModelCheck(configs, [predict(c) for c in configs], measured, model.drift(full))
