@@ -46,18 +46,27 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], Path]:
         FileNotFoundError: nothing at ``path``, or a directory without a checkpoint.
         ValueError: an unreadable file, or one that holds no state dict (a supernet checkpoint, a joint retraining).
     """
+    file = weights_file(path)
+    state = _load(file)
+    return _state_dict(state, file), file
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The file :func:`read_weights` reads for ``path``: the file itself, or a retrain directory's checkpoint.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a directory without a checkpoint.
+    """
     path = Path(path)
     if path.is_dir():
         file = path / CHECKPOINT_NAME
         if not file.is_file():
             raise FileNotFoundError(f"{path}: a directory without {CHECKPOINT_NAME}; --init takes a weights file "
                                     "(.pt, .pth, .safetensors) or an autoslim retrain directory")
-    elif path.is_file():
-        file = path
-    else:
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    state = _load(file)
-    return _state_dict(state, file), file
+        return file
+    if path.is_file():
+        return path
+    raise FileNotFoundError(f"{path}: no such file or directory")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -193,6 +193,24 @@ def test_another_init_in_the_run_is_refused(tmp_path, init_run, trained, space):
     assert "continue it with no --init" in " ".join(result.output.split())
 
 
+def test_a_run_moved_with_its_trained_network_continues_from_the_new_place(tmp_path, init_run, trained):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(init_run[0], moved / "run")
+    weights = moved / "network.pt"
+    shutil.copyfile(trained[1], weights)  # the same file, at another path
+    args = ["train-supernet", "--space", "digits_tiny", "--epochs", "1", "--num-subnets", "2", *TINY,
+            "--out", str(moved / "run"), "--init", str(weights)]
+    result = CliRunner().invoke(cli, args)  # the same start, but its path is a setting: --resume says so
+    assert result.exit_code == 1 and "other settings: init" in result.output and "--resume" in result.output
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 0 and "already trained" in result.output, result.output
+    state = torch.load(trained[1], weights_only=True)
+    state[next(iter(state))] += 1  # other weights at the new path: another start
+    torch.save(state, weights)
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 1 and f"not started from the trained network {weights}" in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("weights, message", [
     (lambda net: {f"features.{k}": v for k, v in net.state_dict().items()},
      "missing key 'stem.0.weight' (and 26 more) of the network of space digits_tiny (10 classes), unexpected key "

@@ -29,6 +29,7 @@ all-reduced once per step (``no_sync`` for the first ``num_subnets - 1`` passes)
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import random
@@ -138,7 +139,15 @@ def _check_identity(out: Path, saved: TrainSettings, given: TrainSettings) -> No
         raise ValueError(f"{out} holds a run of space {saved.space!r} on dataset {saved.dataset!r}, not "
                          f"{given.space!r} on {given.dataset!r}: use another --out, or --force to replace it")
     check_init(out, "run", saved.init, given.init, start="started from the trained network",
-               flags=("--init PATH", "no --init"))
+               flags=("--init PATH", "no --init"), saved_sha256=_recorded_sha256(out))
+
+
+def _recorded_sha256(out: Path) -> str | None:
+    """The SHA-256 of the weights a run in ``out`` started from, as its summary.json records it (None if none)."""
+    try:
+        return json.loads((out / "summary.json").read_text()).get("init_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class _SupernetTrainer(Trainer):

@@ -25,7 +25,7 @@ from ..network.static import materialize
 from ..network.supernet import Supernet
 from ..network.widths import check_keys, load_weights, narrow, widths_of
 from ..spaces import SearchSpace, build_supernet
-from ..weights import file_sha256, read_weights
+from ..weights import file_sha256, read_weights, weights_file
 from .calibrate import recalibrate
 
 __all__ = ["supernet_from_weights", "sliced_network", "check_init", "describe_init"]
@@ -85,20 +85,32 @@ def describe_init(init: str | None, *, start: str) -> str:
     return "from scratch" if init is None else f"{start} {init}"
 
 
-def check_init(out: Path, noun: str, saved: str | None, given: str | None, *, start: str, flags: tuple[str, str]
-               ) -> None:
+def check_init(out: Path, noun: str, saved: str | None, given: str | None, *, start: str, flags: tuple[str, str],
+               saved_sha256: str | None = None) -> None:
     """Refuse to continue the ``noun`` in ``out``, which started from ``saved``, as one starting from ``given``.
 
     Args:
         start: how the message names a start from a path (``from the trained network``).
         flags: how the user asks for a start from a path (``--init PATH``) and from scratch (``no --init``).
+        saved_sha256: the SHA-256 of the weights file the run started from, where recorded: ``given`` is then the
+            same start if its file has the same digest (the run and its source moved to another folder or machine).
 
     Raises:
         ValueError: ``saved`` and ``given`` differ.
     """
     if saved == given:
         return
+    if saved is not None and given is not None and saved_sha256 is not None and _sha256_at(given) == saved_sha256:
+        return
     again = flags[0].replace("PATH", saved) if saved is not None else flags[1]
     raise ValueError(f"{out} holds a {noun} {describe_init(saved, start=start)}, not "
                      f"{describe_init(given, start=start)}: continue it with {again}, use another --out, or --force to "
                      "start over")
+
+
+def _sha256_at(path: str) -> str | None:
+    """The SHA-256 of the weights file at ``path`` (see :func:`~autoslim.weights.weights_file`), None if none."""
+    try:
+        return file_sha256(weights_file(path))
+    except FileNotFoundError:
+        return None

@@ -55,6 +55,10 @@ searched_all() {
   [ -f "$1" ] && "$PYTHON" -c "import json, sys; targets = json.load(open(sys.argv[1]))['targets']
 sys.exit(any('flops-' + b not in targets for b in sys.argv[2:]))" "$1" $BUDGETS
 }
+# resuming DIR: --resume where DIR holds a checkpoint, so that an interrupted (or restored) run continues with its own
+# settings, whatever path it was started with (its --init and config paths are part of its settings)
+# (not the uniform baseline: --resume would take the settings of the finished pick in the same folder, no baseline)
+resuming() { [ ! -f "$1/checkpoint.pt" ] || echo --resume; }
 # timed NAME COMMAND...: run COMMAND, logging its wall time to the screen and to RUNS/wall.csv (name,seconds,status)
 timed() {
   local name=$1 start status=0 seconds
@@ -102,7 +106,7 @@ if has_stage base; then
       "$AUTOSLIM" cost resnet20_cifar --width 1.0 --save-config "$RUNS/base/uniform-1.0x.yaml" > /dev/null
     log "base: the 1.0x network, $BASE_EPOCHS epochs"
     timed base "$AUTOSLIM" retrain "$RUNS/base/uniform-1.0x.yaml" --epochs "$BASE_EPOCHS" --dataset cifar10 \
-      --data-dir "$DATA" --seed "$BASE_SEED" --device "$DEVICE" --out "$BASE"
+      --data-dir "$DATA" --seed "$BASE_SEED" --device "$DEVICE" --out "$BASE" $(resuming "$BASE")
   fi
 fi
 
@@ -112,7 +116,8 @@ if has_stage supernet; then
   else
     log "supernet: from $BASE, $SUPERNET_EPOCHS epochs"
     timed supernet "$AUTOSLIM" train-supernet --space resnet20_cifar --init "$BASE" --dataset cifar10 \
-      --data-dir "$DATA" --epochs "$SUPERNET_EPOCHS" --seed "$BASE_SEED" --device "$DEVICE" --out "$RUNS/supernet"
+      --data-dir "$DATA" --epochs "$SUPERNET_EPOCHS" --seed "$BASE_SEED" --device "$DEVICE" --out "$RUNS/supernet" \
+      $(resuming "$RUNS/supernet")
   fi
 fi
 
@@ -141,7 +146,7 @@ finetune_seed() {
     fi
     log "$what flops-$b seed $seed: fine-tune from the supernet, $FT_EPOCHS epochs"
     timed "$what/flops-$b/seed$seed" "$AUTOSLIM" retrain "$RUNS/search/configs/flops-$b.yaml" --init supernet "$@" \
-      --epochs "$FT_EPOCHS" --seed "$seed" --device "$DEVICE" --out "$out"
+      --epochs "$FT_EPOCHS" --seed "$seed" --device "$DEVICE" --out "$out" $([ "$what" = uniform ] || resuming "$out")
   done
 }
 uniform_seed() { finetune_seed "$1" --baseline uniform; }
