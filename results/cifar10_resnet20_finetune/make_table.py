@@ -54,7 +54,8 @@ def read_paused(path: Path) -> dict:
     if path.is_file():
         with open(path) as stream:
             for r in csv.DictReader(stream):
-                paused[r["run"].strip("/")] = paused.get(r["run"].strip("/"), 0.0) + float(r["seconds"])
+                run = r["run"].strip("/")
+                paused[run] = paused.get(run, 0.0) + float(r["seconds"])
     return paused
 
 
