@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -298,6 +299,36 @@ def test_a_retraining_is_continued_only_with_its_own_init(fine_tuned, searched, 
             f"{run_dir}") in " ".join(result.output.split())
     result = CliRunner().invoke(cli, [*args, "--baseline", "uniform", "--init", "supernet"])
     assert result.exit_code == 0 and "already trained" in result.output
+
+
+def test_a_fine_tune_moved_with_its_supernet_continues_from_the_new_place(searched, init_run, tmp_path):
+    shutil.copytree(init_run[0], tmp_path / "supernet")
+    settings = resolve_retrain(searched, init=str(tmp_path / "supernet"), epochs=2, **FAST)
+
+    def interrupt(network, report):
+        if report.kind == "step" and report.step == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = retrain(settings, tmp_path / "picked", callback=interrupt)
+    assert first.interrupted and first.summary["init_sha256"] == file_sha256(init_run[0] / "checkpoint.pt")
+    moved = tmp_path / "elsewhere"  # the fine-tune and its supernet run, moved to another machine's paths
+    moved.mkdir()
+    (tmp_path / "supernet").rename(moved / "supernet")
+    shutil.copytree(tmp_path / "picked", moved / "picked")
+    given = replace(settings, train=replace(settings.train, init=str(moved / "supernet")))
+    with pytest.raises(ValueError, match="other settings: init"):  # the path is a setting: --resume says so
+        retrain(given, moved / "picked")
+    resumed = retrain(given, moved / "picked", resume=True)
+    assert not resumed.interrupted and resumed.summary["steps"] == 20
+    assert resumed.summary["init"] == settings.train.init  # the run keeps its own settings
+    whole = retrain(given, tmp_path / "whole")
+    assert _states_equal(whole.model.state_dict(), resumed.model.state_dict())
+    assert resumed.summary["init_accuracy"] == whole.summary["init_accuracy"]
+    shutil.copytree(tmp_path / "picked", moved / "again")  # another supernet file at the new path: another start
+    with open(moved / "supernet" / "checkpoint.pt", "ab") as file:
+        file.write(b"\0")
+    with pytest.raises(ValueError, match=f"not fine-tuned from the supernet {moved / 'supernet'}"):
+        retrain(given, moved / "again", resume=True)
 
 
 def test_an_interrupted_fine_tune_resumes_to_the_same_weights(searched, tmp_path):

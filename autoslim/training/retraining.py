@@ -43,6 +43,7 @@ from ..io import read_yaml, write_yaml
 from ..network.supernet import Supernet
 from ..seeds import derive_seed
 from ..spaces import SearchSpace, space_options
+from ..weights import file_sha256, weights_file
 from .calibrate import evaluate
 from .joint import JointNetwork
 from .retrain_setup import (BASELINES, FORMAT, RetrainSettings, build_network, load_configs, load_retrained,
@@ -108,7 +109,7 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
     space, configs, channels = load_configs(settings.configs)
     train, state, ignored = open_run(out, settings.train, _run_kind(channels, settings.train.init), resume=resume,
                                      force=force)
-    settings = replace(settings, train=train)
+    given_init, settings = settings.train.init, replace(settings, train=train)
     data = load_dataset(train.dataset, data_dir=train.data_dir, download=download, seed=train.seed,
                         search_size=train.search_size)
     Trainer.check_data(space, data, train.batch_size)
@@ -118,11 +119,15 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
     if isinstance(width, bool) or not isinstance(width, (int, float)):
         width = None
     kind = "joint" if len(channels) > 1 else "searched" if width is None else "uniform"
-    supernet = None
+    supernet, sha256 = None, None
     if train.init is not None:
-        supernet = supernet_run(train.init, configs[0], settings.configs[0], device=device)
+        # a run moved with its supernet (another folder or machine) keeps its own init and reads the supernet where it
+        # is now: check_state accepted the given path only as the same file, by the SHA-256 its start recorded
+        moved = state is not None and given_init is not None and given_init != train.init
+        where = given_init if moved else train.init
+        supernet, sha256 = supernet_run(where, configs[0], settings.configs[0], device=device), _sha256(where)
     main = _NetworkTrainer(kind, names, space, channels, settings, data, out, device, callback, width=width,
-                           supernet=supernet)
+                           supernet=supernet, supernet_sha256=sha256)
     main.begin(state, force=force)
     trainers = [main]
     if settings.baseline == "uniform":
@@ -147,14 +152,19 @@ def _run_kind(channels: list[dict[str, int]], init: str | None) -> RunKind:
     def check_state(out: Path, state: dict[str, Any], saved: TrainSettings, given: TrainSettings) -> None:
         if state["channels"] != channels:
             raise ValueError(f"{out} holds a retraining of other channels; use another --out, or --force to replace it")
-        _check_init(out, saved.init, init)
+        _check_init(out, saved.init, init, (state.get("init") or {}).get("init_sha256"))
 
     return RunKind("retraining", "a retraining", read_retrained, check_fresh, check_state)
 
 
-def _check_init(out: Path, saved: str | None, given: str | None) -> None:
+def _sha256(run: str) -> str:
+    """The SHA-256 of the checkpoint of the supernet run at ``run``."""
+    return file_sha256(weights_file(run))
+
+
+def _check_init(out: Path, saved: str | None, given: str | None, saved_sha256: str | None = None) -> None:
     check_init(out, "retraining", saved, given, start="fine-tuned from the supernet",
-               flags=("--init PATH", "--init scratch"))
+               flags=("--init PATH", "--init scratch"), saved_sha256=saved_sha256)
 
 
 def _uniform_trainer(main: _NetworkTrainer, config: ChannelConfig, *, resume: bool, force: bool,
@@ -170,7 +180,8 @@ def _uniform_trainer(main: _NetworkTrainer, config: ChannelConfig, *, resume: bo
     save_config(path, uniform)
     settings = RetrainSettings((str(path.resolve()),), train)
     trainer = _NetworkTrainer("uniform", [f"uniform-{width:g}x"], main.space, [uniform.channels], settings, data, out,
-                              main.device, callback, width=width, supernet=main.supernet)
+                              main.device, callback, width=width, supernet=main.supernet,
+                              supernet_sha256=main.supernet_sha256)
     trainer.begin(state, force=force)
     return trainer
 
@@ -184,13 +195,15 @@ class _NetworkTrainer(Trainer):
     def __init__(self, name: str, members: list[str], space: SearchSpace, channels: list[dict[str, int]],
                  settings: RetrainSettings, data: Any, out: Path, device: torch.device,
                  callback: Callable[[str, Report], None] | None, *, width: float | None,
-                 supernet: Supernet | None = None) -> None:
+                 supernet: Supernet | None = None, supernet_sha256: str | None = None) -> None:
         report = (lambda r: callback(name, r)) if callback is not None else None
         super().__init__(settings.train, out, device, data, callback=report)
         self.name, self.members, self.space, self.channels = name, members, space, channels
         self.retraining, self.width = settings, width
         self.supernet = supernet  # the trained supernet a fresh start slices its weights from (--init supernet)
-        self.init: dict[str, Any] | None = None  # {init, init_accuracy, init_loss}: the sliced network's test
+        self.supernet_sha256 = supernet_sha256  # the SHA-256 of its checkpoint: it recognises a moved supernet run
+        # the sliced network's start, its test accuracy and loss: {init, init_sha256, init_accuracy, init_loss}
+        self.init: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
         self.what = f"training of the {name} network"
         self.loss_count = len(members)
@@ -232,7 +245,8 @@ class _NetworkTrainer(Trainer):
             sliced = sliced_network(self.supernet, self.channels[0], batches, self.settings.calib_batches)
         self.network.load_state_dict(sliced.state_dict())
         accuracy, loss = self._test()[0]
-        self.init = {"init": self.settings.init, "init_accuracy": round(accuracy, 6), "init_loss": round(loss, 6)}
+        self.init = {"init": self.settings.init, "init_sha256": self.supernet_sha256,
+                     "init_accuracy": round(accuracy, 6), "init_loss": round(loss, 6)}
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {"network": self.name, "space_options": self.space_options, "channels": self.channels,
