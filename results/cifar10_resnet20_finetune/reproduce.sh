@@ -82,20 +82,24 @@ if [ ! -f "$DATA" ]; then
   "$PYTHON" ../shared/data/cifar10/prepare.py "$DATA"
 fi
 mkdir -p "$RUNS"
-[ -f "$RUNS/wall.csv" ] || echo "run,seconds,status" > "$RUNS/wall.csv"
 # STATE: run folders committed part-way (a CPU run spans sessions on machines that do not last): each one RUNS
-# lacks is copied in and resumes from its checkpoint; a run RUNS already has is never replaced. paused.csv likewise.
+# lacks (a folder with a checkpoint.pt or a summary.json: a run, finished or not, or the search) is copied in, and an
+# unfinished one resumes from its checkpoint; a run RUNS already has is never replaced. paused.csv and wall.csv
+# likewise (wall.csv: the wall times logged on earlier machines).
 STATE=${STATE:-$HERE/state}
 if [ -d "$STATE" ]; then
-  while IFS= read -r checkpoint; do
-    run=$(dirname "${checkpoint#"$STATE"/}")
-    if [ ! -e "$RUNS/$run/checkpoint.pt" ]; then
-      log "state: $run resumes from $STATE/$run"
-      mkdir -p "$RUNS/$run" && cp -r "$STATE/$run/." "$RUNS/$run/"
+  while IFS= read -r folder; do
+    run=${folder#"$STATE"/}
+    if [ ! -e "$RUNS/$run/checkpoint.pt" ] && [ ! -e "$RUNS/$run/summary.json" ]; then
+      log "state: $run restored from $folder"
+      mkdir -p "$RUNS/$run" && cp -r "$folder/." "$RUNS/$run/"
     fi
-  done < <(find "$STATE" -name checkpoint.pt | sort)
-  [ -f "$RUNS/paused.csv" ] || [ ! -f "$STATE/paused.csv" ] || cp "$STATE/paused.csv" "$RUNS/paused.csv"
+  done < <(find "$STATE" \( -name checkpoint.pt -o -name summary.json \) -printf '%h\n' | sort -u)
+  for file in paused.csv wall.csv; do
+    [ -f "$RUNS/$file" ] || [ ! -f "$STATE/$file" ] || cp "$STATE/$file" "$RUNS/$file"
+  done
 fi
+[ -f "$RUNS/wall.csv" ] || echo "run,seconds,status" > "$RUNS/wall.csv"
 
 BASE=$RUNS/base/seed$BASE_SEED
 if has_stage base; then
