@@ -160,7 +160,7 @@ def row(budget, method, label, summaries, *, shared_keys=(), run_seconds="second
     share = shared_seconds(shared_keys)
     return {"budget": budget, "method": method, "network": label, "seeds": len(summaries),
             "epochs": first.get("epochs"), "macs": first.get("macs"), "params": first.get("params"),
-            "start_acc": percent(mean([s.get(start) for s in summaries])) if start else None,
+            "start_acc": mean([percent(s.get(start)) for s in summaries]) if start else None,
             "acc_mean": round(statistics.mean(accuracies), 2) if accuracies else None,
             "acc_std": round(statistics.stdev(accuracies), 2) if len(accuracies) > 1 else None,
             "run_seconds": None if run is None else round(run), "shared": "+".join(shared_keys),
