@@ -100,6 +100,12 @@ def _states_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _interrupt_mid_second_epoch(network, report):
+    """A retraining callback that stops it (SIGINT, as Ctrl-C) at step 13 of 20."""
+    if report.kind == "step" and report.step == 13:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def _test_accuracy(network, data):
     return evaluate(network, data.batches("test", 256))
 
@@ -305,11 +311,7 @@ def test_a_fine_tune_moved_with_its_supernet_continues_from_the_new_place(search
     shutil.copytree(init_run[0], tmp_path / "supernet")
     settings = resolve_retrain(searched, init=str(tmp_path / "supernet"), epochs=2, **FAST)
 
-    def interrupt(network, report):
-        if report.kind == "step" and report.step == 13:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    first = retrain(settings, tmp_path / "picked", callback=interrupt)
+    first = retrain(settings, tmp_path / "picked", callback=_interrupt_mid_second_epoch)
     assert first.interrupted and first.summary["init_sha256"] == file_sha256(init_run[0] / "checkpoint.pt")
     moved = tmp_path / "elsewhere"  # the fine-tune and its supernet run, moved to another machine's paths
     moved.mkdir()
@@ -335,11 +337,7 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_weights(searched, tmp_path
     settings = resolve_retrain(searched, epochs=2, **FAST)
     whole = retrain(settings, tmp_path / "whole")
 
-    def interrupt(network, report):
-        if report.kind == "step" and report.step == 13:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    first = retrain(settings, tmp_path / "split", callback=interrupt)
+    first = retrain(settings, tmp_path / "split", callback=_interrupt_mid_second_epoch)
     assert first.interrupted and first.summary["steps"] == 13
     resumed = retrain(settings, tmp_path / "split")
     assert not resumed.interrupted and resumed.summary["steps"] == 20

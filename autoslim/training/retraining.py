@@ -43,14 +43,13 @@ from ..io import read_yaml, write_yaml
 from ..network.supernet import Supernet
 from ..seeds import derive_seed
 from ..spaces import SearchSpace, space_options
-from ..weights import file_sha256, weights_file
 from .calibrate import evaluate
 from .joint import JointNetwork
 from .retrain_setup import (BASELINES, FORMAT, RetrainSettings, build_network, load_configs, load_retrained,
                             read_retrained, resolve_retrain, supernet_run, uniform_baseline)
 from .settings import TrainSettings
 from .trainer import Report, RunKind, Trainer, open_run
-from .warm_start import check_init, sliced_network
+from .warm_start import check_init, sliced_network, weights_sha256
 
 __all__ = ["FORMAT", "METRIC_COLUMNS", "BASELINES", "RetrainSettings", "RetrainResult", "resolve_retrain", "retrain",
            "build_network", "load_retrained"]
@@ -125,7 +124,7 @@ def retrain(settings: RetrainSettings, out_dir: str | os.PathLike, *, resume: bo
         # is now: check_state accepted the given path only as the same file, by the SHA-256 its start recorded
         moved = state is not None and given_init is not None and given_init != train.init
         where = given_init if moved else train.init
-        supernet, sha256 = supernet_run(where, configs[0], settings.configs[0], device=device), _sha256(where)
+        supernet, sha256 = supernet_run(where, configs[0], settings.configs[0], device=device), weights_sha256(where)
     main = _NetworkTrainer(kind, names, space, channels, settings, data, out, device, callback, width=width,
                            supernet=supernet, supernet_sha256=sha256)
     main.begin(state, force=force)
@@ -155,11 +154,6 @@ def _run_kind(channels: list[dict[str, int]], init: str | None) -> RunKind:
         _check_init(out, saved.init, init, (state.get("init") or {}).get("init_sha256"))
 
     return RunKind("retraining", "a retraining", read_retrained, check_fresh, check_state)
-
-
-def _sha256(run: str) -> str:
-    """The SHA-256 of the checkpoint of the supernet run at ``run``."""
-    return file_sha256(weights_file(run))
 
 
 def _check_init(out: Path, saved: str | None, given: str | None, saved_sha256: str | None = None) -> None:

@@ -28,7 +28,7 @@ from ..spaces import SearchSpace, build_supernet
 from ..weights import file_sha256, read_weights, weights_file
 from .calibrate import recalibrate
 
-__all__ = ["supernet_from_weights", "sliced_network", "check_init", "describe_init"]
+__all__ = ["supernet_from_weights", "sliced_network", "check_init", "describe_init", "weights_sha256"]
 
 
 def supernet_from_weights(space: SearchSpace, path: str, *, num_classes: int, input_size: int
@@ -100,7 +100,7 @@ def check_init(out: Path, noun: str, saved: str | None, given: str | None, *, st
     """
     if saved == given:
         return
-    if saved is not None and given is not None and saved_sha256 is not None and _sha256_at(given) == saved_sha256:
+    if saved is not None and given is not None and saved_sha256 is not None and weights_sha256(given) == saved_sha256:
         return
     again = flags[0].replace("PATH", saved) if saved is not None else flags[1]
     raise ValueError(f"{out} holds a {noun} {describe_init(saved, start=start)}, not "
@@ -108,7 +108,7 @@ def check_init(out: Path, noun: str, saved: str | None, given: str | None, *, st
                      "start over")
 
 
-def _sha256_at(path: str) -> str | None:
+def weights_sha256(path: str) -> str | None:
     """The SHA-256 of the weights file at ``path`` (see :func:`~autoslim.weights.weights_file`), None if none."""
     try:
         return file_sha256(weights_file(path))
